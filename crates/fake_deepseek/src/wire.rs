@@ -1,0 +1,278 @@
+//! DeepSeek's wire format: response bodies, SSE chunks and error bodies.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::{Behavior, Failure, Probe};
+
+/// Which response shape to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// `/chat/completions` with `deepseek-chat`.
+    Chat,
+    /// `/chat/completions` with `deepseek-reasoner`: `reasoning_content` first.
+    Reasoner,
+    /// `/beta/completions` (FIM): `choices[0].text`.
+    Fim,
+}
+
+/// Everything needed to produce one answer.
+#[derive(Clone, Debug)]
+pub struct ReplyPlan {
+    pub flavor: Flavor,
+    pub model: String,
+    pub reply: String,
+    pub behavior: Behavior,
+}
+
+const FINGERPRINT: &str = "fp_fake_deepseek";
+const REASONING: &str = "The user greeted me. I should answer briefly and politely.";
+
+pub fn canned_reply(said: &str) -> String {
+    let said: String = said.chars().take(200).collect();
+    format!("Hello! This is the fake DeepSeek behind deepseek_proxy. You said: {said}")
+}
+
+/// DeepSeek's error body for a status.
+pub fn error_response(status: u16, message: &str, kind: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null,
+                                "code": "invalid_request_error"}});
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_default()
+}
+
+/// The answer DeepSeek gives for a failing status, as its docs list them.
+pub fn status_failure(status: u16) -> Response {
+    let (message, kind) = match status {
+        400 => (
+            "Invalid Format: Invalid request body format.",
+            "invalid_request_error",
+        ),
+        401 => (
+            "Authentication Fails, Your api key: ****fake is invalid",
+            "authentication_error",
+        ),
+        402 => ("Insufficient Balance", "unknown_error"),
+        404 => ("Not Found", "invalid_request_error"),
+        422 => (
+            "Invalid Parameters: messages must not be empty",
+            "invalid_request_error",
+        ),
+        429 => ("Rate Limit Reached", "rate_limit_error"),
+        500 => ("Server Error", "server_error"),
+        503 => ("Server Overloaded", "server_error"),
+        _ => ("Unexpected failure", "unknown_error"),
+    };
+    let mut response = error_response(status, message, kind);
+    if status == 429 || status == 503 {
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("7"));
+    }
+    response
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn words(text: &str, parts: usize) -> Vec<String> {
+    let all: Vec<&str> = text.split_inclusive(' ').collect();
+    let parts = parts.max(1).min(all.len().max(1));
+    let per = all.len().div_ceil(parts).max(1);
+    all.chunks(per).map(|c| c.concat()).collect()
+}
+
+fn usage(plan: &ReplyPlan) -> serde_json::Value {
+    let prompt = 11u64;
+    let completion = plan.reply.split_whitespace().count() as u64;
+    let mut usage = json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_cache_hit_tokens": 0,
+        "prompt_cache_miss_tokens": prompt
+    });
+    if plan.flavor == Flavor::Reasoner {
+        let reasoning = REASONING.split_whitespace().count() as u64;
+        usage["completion_tokens"] = json!(completion + reasoning);
+        usage["total_tokens"] = json!(prompt + completion + reasoning);
+        usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+    }
+    usage
+}
+
+/// The data payloads of a streamed answer, without the `data: ` framing.
+fn stream_events(plan: &ReplyPlan, id: &str) -> Vec<String> {
+    let created = now_secs();
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        if plan.flavor == Flavor::Fim {
+            json!({"id": id, "object": "text_completion", "created": created, "model": plan.model,
+                   "system_fingerprint": FINGERPRINT,
+                   "choices": [{"text": delta, "index": 0, "logprobs": null, "finish_reason": finish}]})
+        } else {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                   "model": plan.model, "system_fingerprint": FINGERPRINT,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        }
+    };
+    let mut events = Vec::new();
+    match plan.flavor {
+        Flavor::Fim => {}
+        Flavor::Chat => events.push(chunk(json!({"role": "assistant", "content": ""}), None)),
+        Flavor::Reasoner => {
+            events.push(chunk(
+                json!({"role": "assistant", "content": null, "reasoning_content": ""}),
+                None,
+            ));
+            for w in words(REASONING, 3) {
+                events.push(chunk(
+                    json!({"content": null, "reasoning_content": w}),
+                    None,
+                ));
+            }
+        }
+    }
+    for w in words(&plan.reply, plan.behavior.chunks) {
+        let delta = match plan.flavor {
+            Flavor::Fim => json!(w),
+            Flavor::Chat => json!({"content": w}),
+            Flavor::Reasoner => json!({"content": w, "reasoning_content": null}),
+        };
+        events.push(chunk(delta, None));
+    }
+    let last = if plan.flavor == Flavor::Fim {
+        json!("")
+    } else {
+        json!({"content": ""})
+    };
+    let mut last = chunk(last, Some("stop"));
+    last["usage"] = usage(plan);
+    events.push(last);
+    events.into_iter().map(|e| e.to_string()).collect()
+}
+
+fn full_body(plan: &ReplyPlan, id: &str) -> String {
+    let created = now_secs();
+    let choice = match plan.flavor {
+        Flavor::Fim => {
+            json!({"text": plan.reply, "index": 0, "logprobs": null, "finish_reason": "stop"})
+        }
+        Flavor::Chat => json!({"index": 0, "message": {"role": "assistant", "content": plan.reply},
+                               "logprobs": null, "finish_reason": "stop"}),
+        Flavor::Reasoner => {
+            json!({"index": 0, "message": {"role": "assistant", "content": plan.reply,
+                                   "reasoning_content": REASONING}, "logprobs": null, "finish_reason": "stop"})
+        }
+    };
+    let object = if plan.flavor == Flavor::Fim {
+        "text_completion"
+    } else {
+        "chat.completion"
+    };
+    json!({"id": id, "object": object, "created": created, "model": plan.model,
+           "choices": [choice], "usage": usage(plan), "system_fingerprint": FINGERPRINT})
+    .to_string()
+}
+
+type Frame = Result<Bytes, std::io::Error>;
+
+/// Runs `produce` in a task that feeds the response body. The task ends (and
+/// its probe reports a cancellation) as soon as the body is dropped, even
+/// while it sleeps.
+fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Response {
+    let content_type = if sse {
+        "text/event-stream; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    let (tx, rx) = mpsc::channel::<Frame>(4);
+    tokio::spawn(async move {
+        let b = &plan.behavior;
+        let gap = |ms: u64| Duration::from_millis(ms);
+        let send = |frame: Frame, pause: Duration| {
+            let tx = tx.clone();
+            async move {
+                if !pause.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = tx.closed() => return false,
+                    }
+                }
+                tx.send(frame).await.is_ok()
+            }
+        };
+        if b.fail == Some(Failure::HangBody) {
+            tx.closed().await;
+            return drop(probe);
+        }
+        for _ in 0..b.keepalives {
+            let ka = if sse { ": keep-alive\n\n" } else { "\n" };
+            if !send(Ok(Bytes::from_static(ka.as_bytes())), gap(b.keepalive_ms)).await {
+                return drop(probe);
+            }
+        }
+        for (i, frame) in frames.into_iter().enumerate() {
+            match b.fail {
+                Some(Failure::ResetAfter(n)) if i == n => {
+                    let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+                    let _ = tx.send(Err(reset)).await;
+                    return probe.finish();
+                }
+                Some(Failure::StallAfter(n)) if i == n => {
+                    tx.closed().await;
+                    return drop(probe);
+                }
+                _ => {}
+            }
+            if !send(Ok(frame), gap(b.chunk_delay_ms)).await {
+                return drop(probe);
+            }
+        }
+        probe.finish();
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .header("x-ds-trace-id", "fake-trace-0001")
+        .body(Body::from_stream(body))
+        .unwrap_or_default()
+}
+
+pub(crate) fn stream_response(plan: ReplyPlan, probe: Probe) -> Response {
+    let id = format!("fake-{:x}", now_secs());
+    let mut frames: Vec<Bytes> = stream_events(&plan, &id)
+        .into_iter()
+        .map(|e| Bytes::from(format!("data: {e}\n\n")))
+        .collect();
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    streamed(true, probe, plan, frames)
+}
+
+pub(crate) fn json_response(plan: ReplyPlan, probe: Probe) -> Response {
+    let id = format!("fake-{:x}", now_secs());
+    let body = full_body(&plan, &id);
+    // Split the JSON in two so that a `reset_after: 1` lands mid-document.
+    let mid = body.len() / 2;
+    let frames = vec![
+        Bytes::copy_from_slice(&body.as_bytes()[..mid]),
+        Bytes::copy_from_slice(&body.as_bytes()[mid..]),
+    ];
+    streamed(false, probe, plan, frames)
+}

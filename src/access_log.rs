@@ -1,0 +1,216 @@
+//! One log line per request, and the `X-Request-Id` every response carries.
+//!
+//! The [`access_log`] middleware is the outermost layer. It gives the request
+//! a [`RequestLog`] that inner layers fill in (user, upstream status, time to
+//! first byte, outcome), and wraps the response body so the line is written
+//! when the body ends or is dropped: for a stream, that is when the client got
+//! the last byte or went away, which is when bytes and outcome are known.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::Frame;
+
+use crate::error::ErrorCode;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const MAX_CLIENT_REQUEST_ID_BYTES: usize = 128;
+const MAX_LOGGED_PATH_CHARS: usize = 200;
+
+/// The request's id, as sent back to the client and on to the upstream.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub HeaderValue);
+
+#[derive(Default, Debug)]
+struct Record {
+    user: Option<String>,
+    upstream_status: Option<u16>,
+    ttfb: Option<Duration>,
+    bytes_in: u64,
+    outcome: Option<&'static str>,
+}
+
+/// What inner layers learn about a request, for its log line.
+#[derive(Clone, Default, Debug)]
+pub struct RequestLog(Arc<Mutex<Record>>);
+
+impl RequestLog {
+    fn with<R>(&self, f: impl FnOnce(&mut Record) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set_user(&self, user: &str) {
+        self.with(|r| r.user = Some(user.to_owned()));
+    }
+
+    pub fn set_bytes_in(&self, n: usize) {
+        self.with(|r| r.bytes_in = n as u64);
+    }
+
+    pub fn set_upstream(&self, status: u16, ttfb: Duration) {
+        self.with(|r| {
+            r.upstream_status = Some(status);
+            r.ttfb = Some(ttfb);
+        });
+    }
+
+    /// How the request ended, when it did not simply complete:
+    /// `upstream_failed` or `timed_out`.
+    pub fn set_outcome(&self, outcome: &'static str) {
+        self.with(|r| r.outcome = Some(outcome));
+    }
+}
+
+/// A client id is kept if it is short and printable; otherwise we make one.
+fn request_id(req: &Request) -> HeaderValue {
+    req.headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= MAX_CLIENT_REQUEST_ID_BYTES
+                && b.iter().all(|c| c.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+            let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+            HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
+        })
+}
+
+pub async fn access_log(mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id = request_id(&req);
+    let log = RequestLog::default();
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let line = Line {
+        request_id: id.clone(),
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path()
+            .chars()
+            .take(MAX_LOGGED_PATH_CHARS)
+            .collect(),
+        client: client.map(|ip| ip.to_string()).unwrap_or_default(),
+        log: log.clone(),
+        start,
+        status: 0,
+        error: None,
+    };
+    req.extensions_mut().insert(log);
+    req.extensions_mut().insert(RequestId(id.clone()));
+
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    let line = Line {
+        status: response.status().as_u16(),
+        error: response.extensions().get::<ErrorCode>().map(|c| c.0),
+        ..line
+    };
+    response.map(|inner| {
+        Body::new(LoggedBody {
+            inner,
+            line,
+            bytes_out: 0,
+            ended: false,
+        })
+    })
+}
+
+struct Line {
+    request_id: HeaderValue,
+    method: String,
+    path: String,
+    client: String,
+    log: RequestLog,
+    start: Instant,
+    status: u16,
+    error: Option<&'static str>,
+}
+
+/// Counts the bytes of a response body and logs the request when it ends.
+struct LoggedBody {
+    inner: Body,
+    line: Line,
+    bytes_out: u64,
+    ended: bool,
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    this.bytes_out += data.len() as u64;
+                }
+            }
+            Some(Err(_)) | None => this.ended = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let l = &self.line;
+        let r = l.log.0.lock().unwrap_or_else(|e| e.into_inner());
+        // A body hyper never polled to the end was abandoned by the client,
+        // unless it was empty to begin with.
+        let ended = self.ended || http_body::Body::is_end_stream(&self.inner);
+        let outcome = match (r.outcome, ended) {
+            (Some(outcome), _) => outcome,
+            (None, true) => "completed",
+            (None, false) => "client_aborted",
+        };
+        tracing::info!(
+            target: "deepseek_proxy::access",
+            request_id = %l.request_id.to_str().unwrap_or("-"),
+            method = %l.method,
+            path = %l.path,
+            client = %l.client,
+            user = %r.user.as_deref().unwrap_or("-"),
+            status = l.status,
+            upstream_status = r.upstream_status.unwrap_or(0),
+            error = %l.error.unwrap_or("-"),
+            outcome,
+            latency_ms = ms(l.start.elapsed()),
+            ttfb_ms = r.ttfb.map(ms).unwrap_or(0.0),
+            bytes_in = r.bytes_in,
+            bytes_out = self.bytes_out,
+            "request"
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

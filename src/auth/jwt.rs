@@ -1,0 +1,177 @@
+//! Signing and checking the gateway's tokens: HS256 JWTs with `sub`, `iat`,
+//! `exp` and `jti`. Validation pins HS256 and requires every claim.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// Tokens longer than this are refused before any parsing.
+const MAX_TOKEN_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iat: u64,
+    pub exp: u64,
+    /// A random 128-bit id, 32 hex digits; the per-token slot is keyed by it.
+    pub jti: String,
+}
+
+impl Claims {
+    /// The `jti` as a number, for cheap keys. Tokens we issue always have one.
+    pub fn token_id(&self) -> Option<u128> {
+        u128::from_str_radix(&self.jti, 16).ok()
+    }
+}
+
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl JwtKeys {
+    pub fn new(secret: &SecretString) -> Self {
+        let bytes = secret.expose_secret().as_bytes();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.set_required_spec_claims(&["exp", "iat", "sub"]);
+        // One process issues and checks its tokens, so no clock skew to allow for.
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            validation,
+        }
+    }
+
+    /// Signs a new token for `sub`, valid for `ttl_secs` from `now`.
+    pub fn issue(&self, sub: &str, now: u64, ttl_secs: u64) -> (String, Claims) {
+        let claims = Claims {
+            sub: sub.to_owned(),
+            iat: now,
+            exp: now + ttl_secs,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        // HS256 signing of a serialisable struct cannot fail.
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .unwrap_or_default();
+        (token, claims)
+    }
+
+    /// Checks signature, algorithm and expiry, and that the token names a `jti`.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, ApiError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(ApiError::InvalidToken);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::ExpiredToken,
+                _ => ApiError::InvalidToken,
+            })?;
+        let claims = data.claims;
+        // jsonwebtoken accepts exp == now; a token is dead at its exp second.
+        if claims.exp <= now {
+            return Err(ApiError::ExpiredToken);
+        }
+        if claims.iat > now || claims.token_id().is_none() {
+            return Err(ApiError::InvalidToken);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::new(&SecretString::from("k".repeat(40)))
+    }
+
+    #[test]
+    fn an_issued_token_verifies_with_its_claims() {
+        let now = unix_now();
+        let (token, claims) = keys().issue("admin", now, 60);
+        let back = keys().verify(&token, now).expect("valid");
+        assert_eq!(back.sub, "admin");
+        assert_eq!(back.jti, claims.jti);
+        assert_eq!(back.exp, now + 60);
+    }
+
+    #[test]
+    fn expired_and_foreign_tokens_are_refused() {
+        let now = unix_now();
+        let (token, _) = keys().issue("admin", now - 100, 50);
+        assert!(matches!(
+            keys().verify(&token, now),
+            Err(ApiError::ExpiredToken)
+        ));
+        let other = JwtKeys::new(&SecretString::from("o".repeat(40)));
+        let (token, _) = other.issue("admin", now, 60);
+        assert!(matches!(
+            keys().verify(&token, now),
+            Err(ApiError::InvalidToken)
+        ));
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let now = unix_now();
+        let secret = "k".repeat(40);
+        let claims = Claims {
+            sub: "admin".into(),
+            iat: now,
+            exp: now + 60,
+            jti: "ab".repeat(16),
+        };
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            let token = jsonwebtoken::encode(
+                &Header::new(alg),
+                &claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .expect("encode");
+            assert!(keys().verify(&token, now).is_err(), "{alg:?} accepted");
+        }
+        // alg "none": header {"alg":"none","typ":"JWT"} and an empty signature.
+        let header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+        let payload = token_payload(&claims);
+        assert!(keys().verify(&format!("{header}.{payload}."), now).is_err());
+    }
+
+    fn token_payload(claims: &Claims) -> String {
+        let (token, _) = (
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                claims,
+                &EncodingKey::from_secret(b"x"),
+            )
+            .expect("encode"),
+            (),
+        );
+        token.split('.').nth(1).unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn oversized_tokens_are_refused_before_parsing() {
+        let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(
+            keys().verify(&huge, unix_now()),
+            Err(ApiError::InvalidToken)
+        ));
+    }
+}

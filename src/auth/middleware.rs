@@ -1,0 +1,113 @@
+//! Authentication is on by default: the router puts [`require_token`] in front
+//! of every route that is not on its public list. Handlers then take an
+//! [`AuthToken`], which is only ever present after a successful check.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::jwt::{unix_now, Claims};
+use crate::access_log::RequestLog;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The verified claims of the request's bearer token.
+#[derive(Debug, Clone)]
+pub struct AuthToken(pub Claims);
+
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match authenticate(&state, req.headers()) {
+        Ok(claims) => {
+            if let Some(log) = req.extensions().get::<RequestLog>() {
+                log.set_user(&claims.sub);
+            }
+            req.extensions_mut().insert(AuthToken(claims));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiError> {
+    let token = bearer_token(headers)?;
+    let claims = state.jwt.verify(token, unix_now())?;
+    // A user removed from the config loses access at once.
+    if !state.users.contains_key(&claims.sub) {
+        return Err(ApiError::InvalidToken);
+    }
+    Ok(claims)
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 7235); anything else is refused.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::MissingToken)?
+        .to_str()
+        .map_err(|_| ApiError::InvalidToken)?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::InvalidToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::InvalidToken);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ApiError::MissingToken);
+    }
+    Ok(token)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuthToken {
+    type Rejection = ApiError;
+
+    /// Fails closed: a route that forgot the auth layer answers 401, not 200.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .remove::<AuthToken>()
+            .ok_or(ApiError::MissingToken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(value).expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        assert_eq!(bearer_token(&headers("Bearer abc")).ok(), Some("abc"));
+        assert_eq!(bearer_token(&headers("bearer abc")).ok(), Some("abc"));
+        assert!(matches!(
+            bearer_token(&HeaderMap::new()),
+            Err(ApiError::MissingToken)
+        ));
+        assert!(matches!(
+            bearer_token(&headers("Bearer ")),
+            Err(ApiError::MissingToken)
+        ));
+        assert!(matches!(
+            bearer_token(&headers("Basic abc")),
+            Err(ApiError::InvalidToken)
+        ));
+        assert!(matches!(
+            bearer_token(&headers("abc")),
+            Err(ApiError::InvalidToken)
+        ));
+    }
+}

@@ -1,0 +1,523 @@
+//! Configuration: parse (serde, TOML) -> validate -> freeze.
+//!
+//! [`RawConfig`] mirrors the file. [`RawConfig::validate`] turns it into a
+//! typed [`Config`] (durations, URLs, secrets) or a [`ConfigError`] that names
+//! the key and says how to fix it. Nothing binds a port before this succeeds.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The sample secret from the seed README: never accepted as a real secret.
+pub const SAMPLE_JWT_SECRET: &str = "your-secret-key-change-in-production";
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// A config problem, worded for the person who has to fix it.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, problem: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("config key `{key}`: {problem}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    auth: RawAuth,
+    #[serde(default)]
+    deepseek: RawDeepSeek,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    host: String,
+    port: u16,
+    max_body_bytes: u64,
+    shutdown_grace_seconds: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    jwt_secret: String,
+    #[serde(default = "default_token_ttl")]
+    token_ttl_seconds: u64,
+    #[serde(default = "default_login_cache")]
+    login_cache_seconds: u64,
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+fn default_token_ttl() -> u64 {
+    3600
+}
+
+fn default_login_cache() -> u64 {
+    60
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password: SecretString,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDeepSeek {
+    api_key: String,
+    base_url: String,
+    timeout_seconds: u64,
+    max_request_seconds: u64,
+}
+
+impl Default for RawDeepSeek {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            base_url: "https://api.deepseek.com/v1".into(),
+            timeout_seconds: 60,
+            max_request_seconds: 1800,
+        }
+    }
+}
+
+/// The validated, frozen configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub upstream: UpstreamConfig,
+}
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug)]
+pub struct AuthConfig {
+    pub jwt_secret: SecretString,
+    /// True when the secret was generated at start (tokens die with the process).
+    pub jwt_secret_generated: bool,
+    pub token_ttl: Duration,
+    pub login_cache: Duration,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug)]
+pub struct User {
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    pub api_key: SecretString,
+    /// Validated: http(s), a host, no credentials, no query; no trailing `/`.
+    pub base_url: Url,
+    pub timeout: Duration,
+    pub max_request: Duration,
+}
+
+/// Where the process environment is read. Tests pass a closure instead.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Reads an environment variable, treating an empty value as unset.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ConfigError(format!(
+                    "config file {} not found: copy config.toml from the repository there, \
+                     pass --config PATH (or set DEEPSEEK_PROXY_CONFIG), or try --demo",
+                    path.display()
+                ))
+            } else {
+                ConfigError(format!("cannot read config file {}: {e}", path.display()))
+            }
+        })?;
+        Self::from_toml(&text, env).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str, env: Env<'_>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError(format!("invalid TOML: {}", e.to_string().trim_end())))?;
+        raw.validate(env)
+    }
+}
+
+impl RawConfig {
+    pub fn validate(self, env: Env<'_>) -> Result<Config, ConfigError> {
+        Ok(Config {
+            server: self.server.validate()?,
+            auth: self.auth.validate(env)?,
+            upstream: self.deepseek.validate(env)?,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        if self.host.trim().is_empty() {
+            return Err(invalid(
+                "server.host",
+                "is empty; use \"0.0.0.0\" or \"127.0.0.1\"",
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be at least 1 (e.g. 10485760)",
+            ));
+        }
+        let max_body_bytes = usize::try_from(self.max_body_bytes)
+            .map_err(|_| invalid("server.max_body_bytes", "is too large for this machine"))?;
+        Ok(ServerConfig {
+            host: self.host,
+            port: self.port,
+            max_body_bytes,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+        })
+    }
+}
+
+impl RawAuth {
+    fn validate(self, env: Env<'_>) -> Result<AuthConfig, ConfigError> {
+        let from_env = env("DEEPSEEK_PROXY_JWT_SECRET");
+        let secret = from_env.unwrap_or(self.jwt_secret);
+        let generated = secret.is_empty() || secret == SAMPLE_JWT_SECRET;
+        let secret = if generated {
+            random_secret()
+        } else if secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(invalid(
+                "auth.jwt_secret",
+                format!(
+                    "is {} bytes; use at least {MIN_JWT_SECRET_BYTES} random bytes \
+                     (e.g. `openssl rand -hex 32`), or leave it empty for a per-process secret",
+                    secret.len()
+                ),
+            ));
+        } else {
+            secret
+        };
+        if self.token_ttl_seconds == 0 {
+            return Err(invalid(
+                "auth.token_ttl_seconds",
+                "must be at least 1 (e.g. 3600)",
+            ));
+        }
+        if self.users.is_empty() {
+            return Err(invalid(
+                "auth.users",
+                "no users: add a [[auth.users]] table with username and password",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut users = Vec::with_capacity(self.users.len());
+        for (i, user) in self.users.into_iter().enumerate() {
+            let key = format!("auth.users[{i}]");
+            if user.username.trim().is_empty() {
+                return Err(invalid(&format!("{key}.username"), "is empty"));
+            }
+            if !seen.insert(user.username.clone()) {
+                return Err(invalid(
+                    &format!("{key}.username"),
+                    format!(
+                        "\"{}\" is listed twice; usernames must be unique",
+                        user.username
+                    ),
+                ));
+            }
+            if user.password.expose_secret().is_empty() {
+                return Err(invalid(&format!("{key}.password"), "is empty"));
+            }
+            users.push(User {
+                username: user.username,
+                password: user.password,
+            });
+        }
+        Ok(AuthConfig {
+            jwt_secret: SecretString::from(secret),
+            jwt_secret_generated: generated,
+            token_ttl: Duration::from_secs(self.token_ttl_seconds),
+            login_cache: Duration::from_secs(self.login_cache_seconds),
+            users,
+        })
+    }
+}
+
+/// 256 bits from the OS generator, hex encoded.
+fn random_secret() -> String {
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    format!("{}{}", a.simple(), b.simple())
+}
+
+impl RawDeepSeek {
+    fn validate(self, env: Env<'_>) -> Result<UpstreamConfig, ConfigError> {
+        let api_key = Some(self.api_key)
+            .filter(|k| !k.trim().is_empty())
+            .or_else(|| env("OPENAI_API_KEY"))
+            .or_else(|| env("DEEPSEEK_API_KEY"))
+            .ok_or_else(|| {
+                invalid(
+                    "deepseek.api_key",
+                    "is empty and neither OPENAI_API_KEY nor DEEPSEEK_API_KEY is set: \
+                     set one of them to your DeepSeek key, or run with --demo",
+                )
+            })?;
+        let api_key = api_key.trim().to_owned();
+        if api_key.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(invalid(
+                "deepseek.api_key",
+                "contains spaces or control characters",
+            ));
+        }
+        let base_url = parse_base_url(&self.base_url)?;
+        if self.timeout_seconds == 0 {
+            return Err(invalid(
+                "deepseek.timeout_seconds",
+                "must be at least 1 (e.g. 60)",
+            ));
+        }
+        if self.max_request_seconds < self.timeout_seconds {
+            return Err(invalid(
+                "deepseek.max_request_seconds",
+                "must be at least deepseek.timeout_seconds (e.g. 1800)",
+            ));
+        }
+        Ok(UpstreamConfig {
+            api_key: SecretString::from(api_key),
+            base_url,
+            timeout: Duration::from_secs(self.timeout_seconds),
+            max_request: Duration::from_secs(self.max_request_seconds),
+        })
+    }
+}
+
+fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
+    let key = "deepseek.base_url";
+    let mut url = Url::parse(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("\"{text}\" is not a URL ({e}); e.g. https://api.deepseek.com/v1"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            key,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            key,
+            "must not carry credentials; put the key in deepseek.api_key",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(key, "must not have a query or fragment"));
+    }
+    let trimmed = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&trimmed);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [auth]
+        [[auth.users]]
+        username = "admin"
+        password = "admin123"
+    "#;
+
+    fn env_with_key(name: &str) -> Option<String> {
+        (name == "OPENAI_API_KEY").then(|| "sk-test".to_owned())
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let config = Config::from_toml(MINIMAL, &env_with_key).expect("valid");
+        assert_eq!(config.server.port, 8080);
+        assert_eq!(config.server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(config.auth.token_ttl, Duration::from_secs(3600));
+        assert_eq!(config.auth.login_cache, Duration::from_secs(60));
+        assert!(config.auth.jwt_secret_generated);
+        assert_eq!(
+            config.upstream.base_url.as_str(),
+            "https://api.deepseek.com/v1"
+        );
+        assert_eq!(config.upstream.api_key.expose_secret(), "sk-test");
+    }
+
+    #[test]
+    fn a_missing_key_names_the_key_and_the_env_vars() {
+        let err = Config::from_toml(MINIMAL, &no_env).unwrap_err().to_string();
+        assert!(err.contains("deepseek.api_key"), "{err}");
+        assert!(err.contains("OPENAI_API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn deepseek_api_key_is_the_second_choice() {
+        let env = |n: &str| (n == "DEEPSEEK_API_KEY").then(|| "sk-ds".to_owned());
+        let config = Config::from_toml(MINIMAL, &env).expect("valid");
+        assert_eq!(config.upstream.api_key.expose_secret(), "sk-ds");
+    }
+
+    #[test]
+    fn bad_toml_reports_line_and_column() {
+        let err = Config::from_toml("[server]\nport = \"x\n", &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("column"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let text = format!("[server]\nport = \"eighty\"\n{MINIMAL}");
+        let err = Config::from_toml(&text, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn a_typo_in_a_key_is_rejected_by_name() {
+        let text = format!("[server]\nprot = 80\n{MINIMAL}");
+        let err = Config::from_toml(&text, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn short_secrets_are_refused_and_the_sample_is_replaced() {
+        let short = format!("{MINIMAL}\n").replace("[auth]", "[auth]\njwt_secret = \"short\"");
+        let err = Config::from_toml(&short, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+        let sample = MINIMAL.replace(
+            "[auth]",
+            &format!("[auth]\njwt_secret = \"{SAMPLE_JWT_SECRET}\""),
+        );
+        let config = Config::from_toml(&sample, &env_with_key).expect("valid");
+        assert!(config.auth.jwt_secret_generated);
+        assert_ne!(config.auth.jwt_secret.expose_secret(), SAMPLE_JWT_SECRET);
+    }
+
+    #[test]
+    fn the_jwt_secret_env_var_overrides_the_file() {
+        let env = |n: &str| match n {
+            "OPENAI_API_KEY" => Some("sk".to_owned()),
+            "DEEPSEEK_PROXY_JWT_SECRET" => Some("e".repeat(40)),
+            _ => None,
+        };
+        let config = Config::from_toml(MINIMAL, &env).expect("valid");
+        assert_eq!(config.auth.jwt_secret.expose_secret(), "e".repeat(40));
+        assert!(!config.auth.jwt_secret_generated);
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        let cases = [
+            ("[deepseek]\nbase_url = \"ftp://x\"", "deepseek.base_url"),
+            (
+                "[deepseek]\nbase_url = \"https://u:p@x/v1\"",
+                "deepseek.base_url",
+            ),
+            (
+                "[deepseek]\ntimeout_seconds = 0",
+                "deepseek.timeout_seconds",
+            ),
+            (
+                "[deepseek]\nmax_request_seconds = 5",
+                "deepseek.max_request_seconds",
+            ),
+            ("[server]\nmax_body_bytes = 0", "server.max_body_bytes"),
+        ];
+        for (section, key) in cases {
+            let text = format!("{section}\n{MINIMAL}");
+            let err = Config::from_toml(&text, &env_with_key)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{section}: {err}");
+        }
+        let dup = format!("{MINIMAL}[[auth.users]]\nusername = \"admin\"\npassword = \"x\"\n");
+        let err = Config::from_toml(&dup, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.users[1].username"), "{err}");
+        let none = "[auth]\njwt_secret = \"\"\n";
+        let err = Config::from_toml(none, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.users"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print_through_debug() {
+        let text = MINIMAL.replace(
+            "[auth]",
+            &format!("[auth]\njwt_secret = \"{}\"", "s".repeat(40)),
+        );
+        let config = Config::from_toml(&text, &env_with_key).expect("valid");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("sk-test"), "{printed}");
+        assert!(!printed.contains("admin123"), "{printed}");
+        assert!(!printed.contains(&"s".repeat(40)), "{printed}");
+    }
+
+    #[test]
+    fn a_trailing_slash_on_base_url_is_trimmed() {
+        let text = format!("[deepseek]\nbase_url = \"http://127.0.0.1:9/v1/\"\n{MINIMAL}");
+        let config = Config::from_toml(&text, &env_with_key).expect("valid");
+        assert_eq!(config.upstream.base_url.as_str(), "http://127.0.0.1:9/v1");
+    }
+}

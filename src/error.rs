@@ -1,0 +1,219 @@
+//! The one error type of the HTTP surface, and its one mapping to a response.
+//!
+//! Every error body is OpenAI-shaped: `{"error": {"message", "type", "code"}}`,
+//! so the official SDKs raise their usual exception classes. Causes (upstream
+//! bodies, I/O errors) are logged where they happen and never copied into a
+//! response: DeepSeek's 401 text, for one, contains part of our key.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Everything that can go wrong for a client, grouped by whose fault it is.
+#[derive(Debug)]
+pub enum ApiError {
+    // The client's fault.
+    /// The body is not what the route needs. `code` names the problem.
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    PayloadTooLarge {
+        limit_bytes: usize,
+    },
+    NotFound,
+    MethodNotAllowed,
+    InvalidCredentials,
+    MissingToken,
+    InvalidToken,
+    ExpiredToken,
+    TokenBusy,
+
+    // The upstream's fault (or our account's, as the upstream sees it).
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    /// A redirect or a 5xx other than 503.
+    UpstreamFailed {
+        status: u16,
+    },
+    /// 401/402/403: our key or balance. The body is never forwarded.
+    UpstreamRejectedKey {
+        status: u16,
+    },
+    UpstreamRateLimited {
+        retry_after: Option<HeaderValue>,
+    },
+    UpstreamOverloaded {
+        retry_after: Option<HeaderValue>,
+    },
+
+    // Ours.
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+}
+
+/// The OpenAI-shaped error body, as bytes. Also used for the final SSE event
+/// of a stream that fails after it started.
+pub fn error_json(message: &str, kind: &str, code: &str) -> Vec<u8> {
+    let envelope = Envelope {
+        error: Body {
+            message,
+            kind,
+            code,
+        },
+    };
+    serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The stable machine-readable code clients can switch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } => *code,
+            Self::PayloadTooLarge { .. } => "body_too_large",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::ExpiredToken => "token_expired",
+            Self::TokenBusy => "token_busy",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamFailed { .. } => "upstream_error",
+            Self::UpstreamRejectedKey { status: 402 } => "upstream_insufficient_balance",
+            Self::UpstreamRejectedKey { .. } => "upstream_auth_failed",
+            Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            Self::UpstreamOverloaded { .. } => "upstream_overloaded",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidCredentials
+            | Self::MissingToken
+            | Self::InvalidToken
+            | Self::ExpiredToken => StatusCode::UNAUTHORIZED,
+            Self::TokenBusy | Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamUnreachable
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamRejectedKey { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status().as_u16() {
+            401 => "authentication_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            500 => "server_error",
+            _ => "api_error",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::BadRequest { message, .. } => message.clone(),
+            Self::PayloadTooLarge { limit_bytes } => {
+                format!("request body is larger than the gateway's limit of {limit_bytes} bytes")
+            }
+            Self::NotFound => "no such route; see the gateway's README for its API".into(),
+            Self::MethodNotAllowed => "method not allowed on this route".into(),
+            Self::InvalidCredentials => "invalid username or password".into(),
+            Self::MissingToken => "missing bearer token: log in at POST /auth/login and send \
+                 'Authorization: Bearer <token>'"
+                .into(),
+            Self::InvalidToken => "invalid token: log in again at POST /auth/login".into(),
+            Self::ExpiredToken => "token expired: log in again at POST /auth/login".into(),
+            Self::TokenBusy => {
+                "this token already has a request in flight; wait for it to finish".into()
+            }
+            Self::UpstreamUnreachable => "could not reach DeepSeek; try again later".into(),
+            Self::UpstreamTimeout => "DeepSeek did not answer in time; try again later".into(),
+            Self::UpstreamFailed { status } => {
+                format!("DeepSeek failed (upstream status {status}); try again later")
+            }
+            Self::UpstreamRejectedKey { .. } => {
+                "the gateway's DeepSeek account was refused; tell the gateway's operator".into()
+            }
+            Self::UpstreamRateLimited { .. } => {
+                "DeepSeek is rate limiting the gateway's account; retry later".into()
+            }
+            Self::UpstreamOverloaded { .. } => "DeepSeek is overloaded; retry later".into(),
+            Self::Internal => "internal error in the gateway".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let body = error_json(&self.message(), self.kind(), code);
+        let mut response = (
+            self.status(),
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::ExpiredToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer error=\"invalid_token\", error_description=\"token expired\"",
+                    ),
+                );
+            }
+            Self::TokenBusy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::UpstreamRateLimited { retry_after }
+            | Self::UpstreamOverloaded { retry_after } => {
+                let value = retry_after.unwrap_or(HeaderValue::from_static("1"));
+                headers.insert(header::RETRY_AFTER, value);
+            }
+            _ => {}
+        }
+        // The error is logged once, by the access log, with this code.
+        response.extensions_mut().insert(ErrorCode(code));
+        response
+    }
+}
+
+/// Attached to error responses so the access log can name the error.
+#[derive(Clone, Debug)]
+pub struct ErrorCode(pub &'static str);

@@ -1,0 +1,21 @@
+//! deepseek_proxy: a gateway that lets a team share one DeepSeek key.
+//!
+//! Where a request goes: [`routes`] -> [`access_log`] -> [`auth`] (token
+//! check) -> [`proxy`] (slot from [`limits`], then [`proxy::upstream`], then
+//! the [`proxy::relay`] body). Errors are [`error::ApiError`].
+
+pub mod access_log;
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod limits;
+pub mod proxy;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,100 @@
+//! The `deepseek_proxy` binary: parse flags, load config, serve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use deepseek_proxy::config::{process_env, Config};
+use deepseek_proxy::{demo, telemetry, App};
+
+/// A gateway that lets a team share one DeepSeek API key safely.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file.
+    #[arg(long, env = "DEEPSEEK_PROXY_CONFIG", default_value = "config.toml")]
+    config: PathBuf,
+    /// Run against a built-in fake DeepSeek: no key and no network needed.
+    #[arg(long)]
+    demo: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    // Config errors are reported before anything binds a port.
+    let loaded = if cli.demo {
+        demo::config(&cli.config, &process_env)
+    } else {
+        Config::load(&cli.config, &process_env)
+    };
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("deepseek_proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("deepseek_proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, cli.demo)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deepseek_proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(mut config: Config, demo: bool) -> std::io::Result<()> {
+    let _fake = if demo {
+        Some(demo::start_fake(&mut config).await?)
+    } else {
+        None
+    };
+    if config.auth.jwt_secret_generated {
+        tracing::warn!(
+            "auth.jwt_secret is empty or the sample value: using a random secret for this \
+             process, so tokens will not survive a restart (set auth.jwt_secret or \
+             DEEPSEEK_PROXY_JWT_SECRET to at least 32 random bytes)"
+        );
+    }
+    let app = App::build(config).await?;
+    let addr = app.local_addr()?;
+    if demo {
+        println!("DEMO MODE: answers come from a built-in fake DeepSeek, not the real API.");
+    }
+    println!("deepseek_proxy listening on http://{addr}");
+    tracing::info!(%addr, demo, "listening");
+    app.run(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C everywhere; SIGTERM too on Unix (Windows has no SIGTERM).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining open requests");
+}

@@ -1,0 +1,220 @@
+//! Forwarding to DeepSeek.
+//!
+//! A completion request goes: take the token's slot (or 429 at once) -> read
+//! and check the body -> send upstream with the real key -> relay the
+//! response body, which now owns the slot. See [`relay`] for how the stream
+//! ends, and [`upstream`] for what is sent and how answers are classified.
+
+pub mod headers;
+pub mod relay;
+pub mod upstream;
+
+use axum::body::{Body, Bytes};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::access_log::{RequestId, RequestLog};
+use crate::auth::AuthToken;
+use crate::body::read_limited;
+use crate::error::ApiError;
+use crate::limits::SlotGuard;
+use crate::state::AppState;
+use relay::RelayBody;
+pub use upstream::{Route, Upstream};
+
+/// What every proxied request carries besides its body.
+pub struct Context {
+    state: AppState,
+    log: RequestLog,
+    request_id: RequestId,
+    headers: HeaderMap,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Context
+where
+    AppState: axum::extract::FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            state: axum::extract::FromRef::from_ref(state),
+            log: parts
+                .extensions
+                .get::<RequestLog>()
+                .cloned()
+                .unwrap_or_default(),
+            request_id: parts
+                .extensions
+                .get::<RequestId>()
+                .cloned()
+                .ok_or(ApiError::Internal)?,
+            headers: std::mem::take(&mut parts.headers),
+        })
+    }
+}
+
+/// `POST /chat/completions` and `POST /v1/chat/completions`.
+pub async fn chat(token: AuthToken, cx: Context, body: Body) -> Result<Response, ApiError> {
+    completion(Route::Chat, token, cx, body).await
+}
+
+/// `POST /beta/chat/completions` (chat prefix completion).
+pub async fn beta_chat(token: AuthToken, cx: Context, body: Body) -> Result<Response, ApiError> {
+    completion(Route::BetaChat, token, cx, body).await
+}
+
+/// `POST /beta/completions` (FIM completion).
+pub async fn beta_completions(
+    token: AuthToken,
+    cx: Context,
+    body: Body,
+) -> Result<Response, ApiError> {
+    completion(Route::BetaCompletions, token, cx, body).await
+}
+
+/// `GET /models` and `GET /v1/models`: authenticated, but no slot taken.
+pub async fn models(_: AuthToken, cx: Context) -> Result<Response, ApiError> {
+    forward(Route::Models, cx, None, None).await
+}
+
+async fn completion(
+    route: Route,
+    AuthToken(claims): AuthToken,
+    cx: Context,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let token_id = claims.token_id().ok_or(ApiError::InvalidToken)?;
+    // Taken before the body is read, so a concurrent request is refused at once.
+    let slot = cx
+        .state
+        .slots
+        .try_acquire(token_id)
+        .ok_or(ApiError::TokenBusy)?;
+    let body = read_limited(body, cx.state.max_body_bytes).await?;
+    cx.log.set_bytes_in(body.len());
+    check_body(route, &body)?;
+    forward(route, cx, Some(body), Some(slot)).await
+}
+
+async fn forward(
+    route: Route,
+    cx: Context,
+    body: Option<Bytes>,
+    slot: Option<SlotGuard>,
+) -> Result<Response, ApiError> {
+    let upstream = &cx.state.upstream;
+    let started = Instant::now();
+    let deadline = started + upstream.max_request;
+    let response = upstream
+        .send(route, &cx.headers, &cx.request_id.0, body, deadline)
+        .await?;
+    let status = response.status();
+    cx.log.set_upstream(status.as_u16(), started.elapsed());
+    let is_event_stream = headers::is_event_stream(response.headers());
+    let out_headers = headers::to_client(response.headers(), is_event_stream);
+    let body = RelayBody::new(
+        response.bytes_stream(),
+        upstream.timeout,
+        deadline,
+        is_event_stream,
+        slot,
+        cx.log,
+    );
+    let mut out = Response::new(Body::new(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = out_headers;
+    Ok(out)
+}
+
+/// The body of a chat route must be a JSON object with a `messages` array;
+/// a FIM body must be a JSON object with a `prompt`. Everything else in it
+/// is the upstream's business and passes through unchanged.
+fn check_body(route: Route, body: &[u8]) -> Result<(), ApiError> {
+    #[derive(Deserialize)]
+    struct Chat {
+        #[allow(dead_code)]
+        messages: Vec<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Fim {
+        #[allow(dead_code)]
+        prompt: IgnoredAny,
+    }
+    let (parsed, expected) = match route {
+        Route::BetaCompletions => (
+            serde_json::from_slice::<Fim>(body).map(drop),
+            "a JSON object with a \"prompt\"",
+        ),
+        _ => (
+            serde_json::from_slice::<Chat>(body).map(drop),
+            "a JSON object with a \"messages\" array",
+        ),
+    };
+    parsed.map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_body"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(
+            code,
+            format!(
+                "the request body must be {expected} (problem at line {} column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_bodies_need_an_object_with_a_messages_array() {
+        let ok = br#"{"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"x":1}"#;
+        assert!(check_body(Route::Chat, ok).is_ok());
+        for bad in [
+            &b"{}"[..],
+            b"[]",
+            b"null",
+            b"{\"messages\":\"hi\"}",
+            b"{\"messages\":[]",
+            b"{\"messages\":[]} trailing",
+            b"",
+        ] {
+            let err = check_body(Route::Chat, bad).expect_err("must be refused");
+            assert_eq!(err.status(), 400);
+        }
+    }
+
+    #[test]
+    fn fim_bodies_need_a_prompt() {
+        assert!(check_body(
+            Route::BetaCompletions,
+            br#"{"prompt":"def f(","suffix":")"}"#
+        )
+        .is_ok());
+        assert!(check_body(Route::BetaCompletions, br#"{"messages":[]}"#).is_err());
+    }
+
+    #[test]
+    fn syntax_errors_and_shape_errors_have_different_codes() {
+        assert_eq!(
+            check_body(Route::Chat, b"{not json").unwrap_err().code(),
+            "invalid_json"
+        );
+        assert_eq!(
+            check_body(Route::Chat, b"{}").unwrap_err().code(),
+            "invalid_body"
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The response body that relays the upstream's bytes to the client.
+//!
+//! Bytes pass through as they arrive: no buffering, no re-encoding, no copy.
+//! The body owns the token's slot and gives it back the moment the upstream
+//! body ends, fails or times out, or when hyper drops the body because the
+//! client went away. Dropping it also drops the upstream response, which
+//! closes that connection, so DeepSeek stops generating tokens nobody reads.
+//!
+//! A failure after the first byte cannot change the status any more. For an
+//! event stream the relay appends a final `data: {"error": ...}` event (never
+//! a fake `[DONE]`) and ends; for other bodies it aborts the connection so
+//! the client sees a truncated response rather than a complete-looking one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use futures_util::Stream;
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::access_log::RequestLog;
+use crate::error::error_json;
+use crate::limits::SlotGuard;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Streaming,
+    Done,
+}
+
+pin_project! {
+    #[project = Projection]
+    pub struct RelayBody<S> {
+        #[pin]
+        upstream: S,
+        #[pin]
+        idle: Sleep,
+        #[pin]
+        deadline: Sleep,
+        idle_timeout: Duration,
+        is_event_stream: bool,
+        // The last two bytes sent, to close a cut-off event before ours.
+        tail: [u8; 2],
+        phase: Phase,
+        slot: Option<SlotGuard>,
+        log: RequestLog,
+    }
+}
+
+impl<S> RelayBody<S> {
+    pub fn new(
+        upstream: S,
+        idle_timeout: Duration,
+        deadline: Instant,
+        is_event_stream: bool,
+        slot: Option<SlotGuard>,
+        log: RequestLog,
+    ) -> Self {
+        Self {
+            upstream,
+            idle: tokio::time::sleep(idle_timeout),
+            deadline: tokio::time::sleep_until(deadline),
+            idle_timeout,
+            is_event_stream,
+            tail: *b"\n\n",
+            phase: Phase::Streaming,
+            slot,
+            log,
+        }
+    }
+}
+
+/// Why a relay stopped early.
+#[derive(Clone, Copy)]
+enum Failure {
+    Reset,
+    Idle,
+    HardCap,
+}
+
+impl Failure {
+    fn describe(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Failure::Reset => (
+                "upstream_failed",
+                "upstream_stream_failed",
+                "the connection to DeepSeek failed mid-response",
+            ),
+            Failure::Idle => (
+                "timed_out",
+                "upstream_idle_timeout",
+                "DeepSeek sent nothing for longer than the gateway's timeout",
+            ),
+            Failure::HardCap => (
+                "timed_out",
+                "upstream_max_duration",
+                "the response took longer than the gateway's maximum request time",
+            ),
+        }
+    }
+}
+
+type Polled = Poll<Option<Result<Frame<Bytes>, std::io::Error>>>;
+
+impl<S> http_body::Body for RelayBody<S>
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>>,
+{
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        let mut this = self.project();
+        if *this.phase == Phase::Done {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return fail(this, Failure::HardCap);
+        }
+        loop {
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) if bytes.is_empty() => continue,
+                Poll::Ready(Some(Ok(bytes))) => {
+                    let next_idle = Instant::now() + *this.idle_timeout;
+                    this.idle.as_mut().reset(next_idle);
+                    remember_tail(this.tail, &bytes);
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream body failed");
+                    return fail(this, Failure::Reset);
+                }
+                Poll::Ready(None) => {
+                    *this.phase = Phase::Done;
+                    this.slot.take();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        return fail(this, Failure::Idle);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Done
+    }
+}
+
+fn remember_tail(tail: &mut [u8; 2], bytes: &[u8]) {
+    match bytes {
+        [.., a, b] => *tail = [*a, *b],
+        [b] => *tail = [tail[1], *b],
+        [] => {}
+    }
+}
+
+/// Ends the relay after a failure: frees the slot, records the outcome, and
+/// either appends the error event (event streams) or aborts (other bodies).
+fn fail<S>(this: Projection<'_, S>, failure: Failure) -> Polled {
+    let (outcome, code, message) = failure.describe();
+    *this.phase = Phase::Done;
+    this.slot.take();
+    this.log.set_outcome(outcome);
+    tracing::warn!(code, "upstream response ended early");
+    if !*this.is_event_stream {
+        let kind = std::io::ErrorKind::Other;
+        return Poll::Ready(Some(Err(std::io::Error::new(kind, message))));
+    }
+    // Close whatever event the upstream left half-written, then add ours.
+    let close: &[u8] = match *this.tail {
+        [_, b'\n'] if this.tail[0] == b'\n' => b"",
+        [_, b'\n'] => b"\n",
+        _ => b"\n\n",
+    };
+    let mut event = Vec::with_capacity(160);
+    event.extend_from_slice(close);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&error_json(message, "api_error", code));
+    event.extend_from_slice(b"\n\n");
+    Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_tracks_the_last_two_bytes_across_chunks() {
+        let mut tail = *b"\n\n";
+        remember_tail(&mut tail, b"data: x");
+        assert_eq!(&tail, b" x");
+        remember_tail(&mut tail, b"\n");
+        assert_eq!(&tail, b"x\n");
+        remember_tail(&mut tail, b"\n");
+        assert_eq!(&tail, b"\n\n");
+    }
+}
