@@ -100,6 +100,7 @@ pub struct Recorded {
 struct Shared {
     default: Mutex<Behavior>,
     requests: Mutex<Vec<Recorded>>,
+    responses: Mutex<Vec<Bytes>>,
     api_key: Mutex<Option<String>>,
     started: AtomicU64,
     completed: AtomicU64,
@@ -158,6 +159,12 @@ impl FakeDeepSeek {
         lock(&self.shared.requests).clone()
     }
 
+    /// The full bodies of the responses sent to the end, in completion order:
+    /// the exact bytes a faithful proxy must deliver.
+    pub fn responses(&self) -> Vec<Bytes> {
+        lock(&self.shared.responses).clone()
+    }
+
     /// Responses started (handler entered).
     pub fn started(&self) -> u64 {
         self.shared.started.load(Ordering::SeqCst)
@@ -208,6 +215,7 @@ fn router(shared: Arc<Shared>) -> Router {
 /// Marks a response as cancelled if it is dropped before [`Probe::finish`].
 pub(crate) struct Probe {
     shared: Arc<Shared>,
+    sent: Vec<u8>,
     done: bool,
 }
 
@@ -216,12 +224,20 @@ impl Probe {
         shared.started.fetch_add(1, Ordering::SeqCst);
         Self {
             shared,
+            sent: Vec::new(),
             done: false,
         }
     }
 
+    /// Notes bytes as sent, for [`FakeDeepSeek::responses`].
+    pub(crate) fn sent(&mut self, bytes: &[u8]) {
+        self.sent.extend_from_slice(bytes);
+    }
+
     pub(crate) fn finish(mut self) {
         self.done = true;
+        let sent = Bytes::from(std::mem::take(&mut self.sent));
+        lock(&self.shared.responses).push(sent);
         self.shared.completed.fetch_add(1, Ordering::SeqCst);
     }
 }

@@ -200,6 +200,7 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
     };
     let (tx, rx) = mpsc::channel::<Frame>(4);
     tokio::spawn(async move {
+        let mut probe = probe;
         let b = &plan.behavior;
         let gap = |ms: u64| Duration::from_millis(ms);
         let send = |frame: Frame, pause: Duration| {
@@ -223,6 +224,7 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
             if !send(Ok(Bytes::from_static(ka.as_bytes())), gap(b.keepalive_ms)).await {
                 return drop(probe);
             }
+            probe.sent(ka.as_bytes());
         }
         for (i, frame) in frames.into_iter().enumerate() {
             match b.fail {
@@ -237,6 +239,7 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
                 }
                 _ => {}
             }
+            probe.sent(&frame);
             if !send(Ok(frame), gap(b.chunk_delay_ms)).await {
                 return drop(probe);
             }
@@ -251,6 +254,8 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
         .header("content-type", content_type)
         .header("cache-control", "no-cache")
         .header("x-ds-trace-id", "fake-trace-0001")
+        // A header no proxy should pass on.
+        .header("set-cookie", "fake_session=1; HttpOnly")
         .body(Body::from_stream(body))
         .unwrap_or_default()
 }

@@ -1,0 +1,235 @@
+//! Test harness: the real app on 127.0.0.1:0 in front of a fake DeepSeek,
+//! both over real TCP. Each test gets its own pair, its own random key and
+//! JWT secret, so tests run in parallel without sharing anything.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use deepseek_proxy::config::Config;
+use deepseek_proxy::state::AppState;
+use deepseek_proxy::App;
+use fake_deepseek::FakeDeepSeek;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub use fake_deepseek::{Behavior, Failure};
+
+pub const ADMIN: (&str, &str) = ("admin", "admin123");
+pub const USER1: (&str, &str) = ("user1", "pass123");
+
+/// Knobs a test may turn; everything else is the shipped default.
+pub struct Settings {
+    pub token_ttl_seconds: u64,
+    pub login_cache_seconds: u64,
+    pub timeout_seconds: u64,
+    pub max_request_seconds: u64,
+    pub max_body_bytes: u64,
+    pub shutdown_grace_seconds: u64,
+    /// Overrides the fake's URL (e.g. a closed port).
+    pub base_url: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            token_ttl_seconds: 3600,
+            login_cache_seconds: 60,
+            timeout_seconds: 5,
+            max_request_seconds: 60,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_seconds: 5,
+            base_url: None,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub fake: FakeDeepSeek,
+    pub api_key: String,
+    pub jwt_secret: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub fn random_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The config text for `settings`, pointed at `base_url`.
+pub fn config_toml(s: &Settings, base_url: &str, api_key: &str, jwt_secret: &str) -> String {
+    format!(
+        r#"
+[server]
+host = "127.0.0.1"
+port = 0
+max_body_bytes = {max_body}
+shutdown_grace_seconds = {grace}
+
+[auth]
+jwt_secret = "{jwt_secret}"
+token_ttl_seconds = {ttl}
+login_cache_seconds = {cache}
+
+[[auth.users]]
+username = "admin"
+password = "admin123"
+
+[[auth.users]]
+username = "user1"
+password = "pass123"
+
+[deepseek]
+api_key = "{api_key}"
+base_url = "{base_url}"
+timeout_seconds = {timeout}
+max_request_seconds = {max_request}
+"#,
+        max_body = s.max_body_bytes,
+        grace = s.shutdown_grace_seconds,
+        ttl = s.token_ttl_seconds,
+        cache = s.login_cache_seconds,
+        timeout = s.timeout_seconds,
+        max_request = s.max_request_seconds,
+    )
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = Settings::default();
+    tweak(&mut settings);
+    let fake = FakeDeepSeek::start().await.expect("fake upstream starts");
+    let api_key = format!("sk-test-{}", random_hex());
+    fake.require_key(&api_key);
+    let jwt_secret = format!("{}{}", random_hex(), random_hex());
+    let base_url = settings.base_url.clone().unwrap_or_else(|| fake.base_url());
+    let text = config_toml(&settings, &base_url, &api_key, &jwt_secret);
+    let no_env = |_: &str| None;
+    let config = Config::from_toml(&text, &no_env).expect("test config is valid");
+    let app = App::build(config).await.expect("app builds");
+    let addr = app.local_addr().expect("bound");
+    let state = app.state();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        fake,
+        api_key,
+        jwt_secret,
+        state,
+        http: reqwest::Client::new(),
+        shutdown: Some(tx),
+        server,
+    }
+}
+
+pub fn chat_body(stream: bool) -> Value {
+    json!({
+        "model": "deepseek-chat",
+        "messages": [{"role": "user", "content": "你好"}],
+        "stream": stream
+    })
+}
+
+/// A chat body that also scripts the fake.
+pub fn chat_body_with(stream: bool, behavior: Value) -> Value {
+    let mut body = chat_body(stream);
+    body["_fake"] = behavior;
+    body
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/auth/login"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    /// Logs in and returns the token, panicking on failure.
+    pub async fn token(&self, (user, password): (&str, &str)) -> String {
+        let response = self.login(user, password).await;
+        assert_eq!(response.status(), 200, "login of {user}");
+        let body: Value = response.json().await.expect("json");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn chat(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.chat_at("/v1/chat/completions", token, body).await
+    }
+
+    pub async fn chat_at(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("chat request")
+    }
+
+    /// Waits until no token holds a slot, for at most `within`.
+    pub async fn slots_free_within(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.state.slots.in_flight() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Asks the server to shut down and waits for it to exit.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.server).await.expect("server task")
+    }
+}
+
+/// The `data:` payloads of an SSE body, in order (comments and blank lines dropped).
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim_start().to_owned())
+        .collect()
+}
+
+/// The text an SSE chat stream spells out.
+pub fn sse_text(body: &str) -> String {
+    sse_data(body)
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Asserts the OpenAI error shape and returns the `code`.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.expect("error body is JSON");
+    let error = &body["error"];
+    assert!(error["message"].is_string(), "message in {body}");
+    assert!(error["type"].is_string(), "type in {body}");
+    assert!(error["code"].is_string(), "code in {body}");
+    error["code"].as_str().unwrap_or_default().to_owned()
+}
