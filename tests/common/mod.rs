@@ -13,8 +13,6 @@ use fake_deepseek::FakeDeepSeek;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-pub use fake_deepseek::{Behavior, Failure};
-
 pub const ADMIN: (&str, &str) = ("admin", "admin123");
 pub const USER1: (&str, &str) = ("user1", "pass123");
 
@@ -220,7 +218,11 @@ pub fn sse_text(body: &str) -> String {
         .iter()
         .filter(|d| d.as_str() != "[DONE]")
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 

@@ -229,6 +229,8 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
         for (i, frame) in frames.into_iter().enumerate() {
             match b.fail {
                 Some(Failure::ResetAfter(n)) if i == n => {
+                    // Let the frames already sent leave the socket first.
+                    tokio::time::sleep(gap(b.chunk_delay_ms.max(20))).await;
                     let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
                     let _ = tx.send(Err(reset)).await;
                     return probe.finish();
