@@ -88,7 +88,7 @@ impl ApiError {
     /// The stable machine-readable code clients can switch on.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest { code, .. } => *code,
+            Self::BadRequest { code, .. } => code,
             Self::PayloadTooLarge { .. } => "body_too_large",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",

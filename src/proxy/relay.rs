@@ -171,8 +171,7 @@ fn fail<S>(this: Projection<'_, S>, failure: Failure) -> Polled {
     this.log.set_outcome(outcome);
     tracing::warn!(code, "upstream response ended early");
     if !*this.is_event_stream {
-        let kind = std::io::ErrorKind::Other;
-        return Poll::Ready(Some(Err(std::io::Error::new(kind, message))));
+        return Poll::Ready(Some(Err(std::io::Error::other(message))));
     }
     // Close whatever event the upstream left half-written, then add ours.
     let close: &[u8] = match *this.tail {
