@@ -448,12 +448,35 @@ def scenario_openai_sdk(ctx: Ctx) -> str:
     return f"create / stream / models.list ok; models: {', '.join(ids)}"
 
 
+def scenario_langchain(ctx: Ctx) -> str:
+    try:
+        from langchain_openai import ChatOpenAI
+    except ImportError:
+        if os.environ.get("TEST_PROXY_REQUIRE_LANGCHAIN"):
+            raise
+        return SKIPPED + " (pip install langchain-openai to run it)"
+
+    token = login(ctx, ctx.user, ctx.password)
+    settle()
+    llm = ChatOpenAI(model=ctx.model, base_url=ctx.url("/v1"), api_key=token,
+                     timeout=ctx.timeout, max_retries=0)
+    text = llm.invoke(PROMPT).content
+    expect(isinstance(text, str) and text.strip(), "invoke: empty content")
+    settle()
+    streamed = "".join(str(chunk.content) for chunk in llm.stream(PROMPT))
+    expect(streamed.strip(), "stream: no content")
+    return "invoke / stream ok"
+
+
+SKIPPED = "skipped"
+
+
 # ---------------------------------------------------------------------------
 # runner
 
 
-def check(name: str, fn: Callable[[], Optional[str]], hard_timeout: float) -> bool:
-    """Runs one scenario with a hard time limit and prints ✅ or ❌."""
+def check(name: str, fn: Callable[[], Optional[str]], hard_timeout: float) -> Optional[bool]:
+    """Runs one scenario with a hard time limit and prints ✅ or ❌ (None: skipped)."""
     outcome: Dict[str, Any] = {}
 
     def target() -> None:
@@ -473,6 +496,9 @@ def check(name: str, fn: Callable[[], Optional[str]], hard_timeout: float) -> bo
         reason = str(exc) if isinstance(exc, Failed) else f"{type(exc).__name__}: {exc}"
         print(f"❌ {name}: {short(reason, 400)}", flush=True)
         return False
+    if str(outcome.get("detail") or "").startswith(SKIPPED):
+        print(f"⏭  {name}: {outcome['detail']}", flush=True)
+        return None
     print(f"✅ {name}", flush=True)
     if outcome.get("detail"):
         print(f"   {outcome['detail']}", flush=True)
@@ -517,16 +543,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         ("基础并发测试 / burst of 10", scenario_burst),
         ("未授权拦截 / unauthorized", scenario_unauthorized),
         ("openai SDK", scenario_openai_sdk),
+        ("LangChain", scenario_langchain),
     ]
     # Every request has its own --timeout; this backstop catches anything that hangs anyway.
     hard_timeout = 3 * ctx.timeout + 15
-    passed = failed = 0
+    passed = failed = skipped = 0
     for name, fn in scenarios:
-        if check(name, lambda fn=fn: fn(ctx), hard_timeout):
+        result = check(name, lambda fn=fn: fn(ctx), hard_timeout)
+        if result is None:
+            skipped += 1
+        elif result:
             passed += 1
         else:
             failed += 1
-    print(f"{passed} passed, {failed} failed", flush=True)
+    tail = f", {skipped} skipped" if skipped else ""
+    print(f"{passed} passed, {failed} failed{tail}", flush=True)
     return 1 if failed else 0
 
 
