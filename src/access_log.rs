@@ -13,13 +13,15 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::Frame;
 
+use crate::client_ip::{client_ip, ClientIp};
 use crate::error::ErrorCode;
+use crate::state::AppState;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_CLIENT_REQUEST_ID_BYTES: usize = 128;
@@ -87,14 +89,16 @@ fn request_id(req: &Request) -> HeaderValue {
         })
 }
 
-pub async fn access_log(mut req: Request, next: Next) -> Response {
+pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let id = request_id(&req);
     let log = RequestLog::default();
-    let client = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let client = client_ip(peer, req.headers(), &state.trusted_proxies);
+    req.extensions_mut().insert(ClientIp(client));
     let line = Line {
         request_id: id.clone(),
         method: req.method().to_string(),
@@ -104,7 +108,7 @@ pub async fn access_log(mut req: Request, next: Next) -> Response {
             .chars()
             .take(MAX_LOGGED_PATH_CHARS)
             .collect(),
-        client: client.map(|ip| ip.to_string()).unwrap_or_default(),
+        client: client.to_string(),
         log: log.clone(),
         start,
         status: 0,

@@ -1,16 +1,27 @@
-//! The server: bind, serve, shut down gracefully.
+//! The server: bind, accept, serve HTTP/1.1, shut down gracefully.
+//!
+//! hyper is driven directly (not through `axum::serve`) because the edges
+//! need its knobs: a cap on open connections, a deadline for request
+//! headers (slowloris; it also closes idle keep-alive connections), a cap on
+//! header size (431), TCP_NODELAY on every accepted socket, and a graceful
+//! stop that lets open streams finish for a bounded time.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use axum::extract::ConnectInfo;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::routes::router;
 use crate::state::AppState;
 
@@ -18,24 +29,47 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     state: AppState,
-    shutdown_grace: Duration,
+    limits: Limits,
 }
+
+struct Limits {
+    shutdown_grace: Duration,
+    max_connections: usize,
+    max_header_bytes: usize,
+    header_read_timeout: Duration,
+}
+
+impl Limits {
+    fn from(server: &ServerConfig) -> Self {
+        Self {
+            shutdown_grace: server.shutdown_grace,
+            max_connections: server.max_connections,
+            max_header_bytes: server.max_header_bytes,
+            header_read_timeout: server.header_read_timeout,
+        }
+    }
+}
+
+/// A pause after a failed `accept` (out of file descriptors, say), so the
+/// loop does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 impl App {
     /// Builds the state and binds the listener (port 0 picks a free port;
     /// read it back with [`App::local_addr`]).
     pub async fn build(config: Config) -> std::io::Result<App> {
         let addr = format!("{}:{}", config.server.host, config.server.port);
-        let shutdown_grace = config.server.shutdown_grace;
+        let limits = Limits::from(&config.server);
+        let cors = config.server.cors_allowed_origins.clone();
         let state = AppState::new(config).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         Ok(App {
             listener,
-            router: router(state.clone()),
+            router: router(state.clone(), &cors),
             state,
-            shutdown_grace,
+            limits,
         })
     }
 
@@ -54,30 +88,65 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = self.listener.tap_io(|tcp| {
+        let limits = self.limits;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        let graceful = GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        tokio::pin!(shutdown);
+
+        loop {
+            // At the cap, stop accepting: new connections wait in the
+            // kernel's backlog until an open one closes.
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
+            let (tcp, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
             // Small SSE frames must leave at once, not wait for Nagle.
             let _ = tcp.set_nodelay(true);
-        });
-        let signalled = Arc::new(Notify::new());
-        let notify = signalled.clone();
-        let shutdown = async move {
-            shutdown.await;
-            notify.notify_one();
-        };
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, service).with_graceful_shutdown(shutdown);
-        let grace = self.shutdown_grace;
+            let router = self.router.clone();
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let router = router.clone();
+                async move {
+                    Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {}))
+                }
+            });
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+
+        drop(self.listener);
         tokio::select! {
-            result = server => result,
-            () = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(limits.shutdown_grace) => {
                 tracing::warn!(
                     in_flight = self.state.slots.in_flight(),
                     "shutdown grace period over; closing the requests still open"
                 );
-                Ok(())
             }
         }
+        Ok(())
     }
 }

@@ -9,9 +9,13 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::auth::throttle;
+use crate::client_ip::IpNet;
 
 /// The sample secret from the seed README: never accepted as a real secret.
 pub const SAMPLE_JWT_SECRET: &str = "your-secret-key-change-in-production";
@@ -50,6 +54,12 @@ struct RawServer {
     port: u16,
     max_body_bytes: u64,
     shutdown_grace_seconds: u64,
+    max_connections: usize,
+    max_header_bytes: usize,
+    header_read_timeout_seconds: u64,
+    body_read_timeout_seconds: u64,
+    trusted_proxies: Vec<String>,
+    cors_allowed_origins: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -59,6 +69,12 @@ impl Default for RawServer {
             port: 8080,
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_grace_seconds: 30,
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 30,
+            trusted_proxies: Vec::new(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -72,8 +88,26 @@ struct RawAuth {
     token_ttl_seconds: u64,
     #[serde(default = "default_login_cache")]
     login_cache_seconds: u64,
+    #[serde(default = "default_failures_per_minute")]
+    login_max_failures_per_minute: u32,
+    #[serde(default = "default_failures_per_hour")]
+    login_max_failures_per_hour: u32,
+    #[serde(default = "default_ip_failures_per_minute")]
+    login_max_failures_per_ip_per_minute: u32,
     #[serde(default)]
     users: Vec<RawUser>,
+}
+
+fn default_failures_per_minute() -> u32 {
+    5
+}
+
+fn default_failures_per_hour() -> u32 {
+    100
+}
+
+fn default_ip_failures_per_minute() -> u32 {
+    20
 }
 
 fn default_token_ttl() -> u64 {
@@ -88,7 +122,14 @@ fn default_login_cache() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawUser {
     username: String,
-    password: SecretString,
+    #[serde(default)]
+    password: Option<SecretString>,
+    #[serde(default)]
+    password_hash: Option<String>,
+    #[serde(default)]
+    models: Option<Vec<String>>,
+    #[serde(default)]
+    disabled: bool,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +158,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
+    /// Things that work but should be fixed; logged once at start.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -125,6 +168,12 @@ pub struct ServerConfig {
     pub port: u16,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cors_allowed_origins: Vec<HeaderValue>,
 }
 
 #[derive(Debug)]
@@ -134,13 +183,26 @@ pub struct AuthConfig {
     pub jwt_secret_generated: bool,
     pub token_ttl: Duration,
     pub login_cache: Duration,
+    pub throttle: throttle::Limits,
     pub users: Vec<User>,
 }
 
 #[derive(Debug)]
 pub struct User {
     pub username: String,
-    pub password: SecretString,
+    pub credential: Credential,
+    /// Models this user may request; `None` allows all.
+    pub models: Option<Vec<String>>,
+    pub disabled: bool,
+}
+
+/// How a user's password is checked.
+#[derive(Debug)]
+pub enum Credential {
+    /// A plaintext password from the file (kept for the seed's config; warned about).
+    Plain(SecretString),
+    /// An Argon2id PHC string, as `deepseek_proxy hash-password` prints.
+    Argon2(String),
 }
 
 #[derive(Debug)]
@@ -187,10 +249,12 @@ impl Config {
 
 impl RawConfig {
     pub fn validate(self, env: Env<'_>) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
         Ok(Config {
             server: self.server.validate()?,
-            auth: self.auth.validate(env)?,
+            auth: self.auth.validate(env, &mut warnings)?,
             upstream: self.deepseek.validate(env)?,
+            warnings,
         })
     }
 }
@@ -211,17 +275,129 @@ impl RawServer {
         }
         let max_body_bytes = usize::try_from(self.max_body_bytes)
             .map_err(|_| invalid("server.max_body_bytes", "is too large for this machine"))?;
+        if self.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1 (e.g. 10000)",
+            ));
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(invalid(
+                "server.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES} (e.g. 16384)"),
+            ));
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout_seconds",
+                self.header_read_timeout_seconds,
+            ),
+            (
+                "server.body_read_timeout_seconds",
+                self.body_read_timeout_seconds,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|p| p.parse().map_err(|e| invalid("server.trusted_proxies", e)))
+            .collect::<Result<_, _>>()?;
+        let cors_allowed_origins = self
+            .cors_allowed_origins
+            .iter()
+            .map(|o| parse_origin(o))
+            .collect::<Result<_, _>>()?;
         Ok(ServerConfig {
             host: self.host,
             port: self.port,
             max_body_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout_seconds),
+            trusted_proxies,
+            cors_allowed_origins,
+        })
+    }
+}
+
+/// hyper's smallest read buffer; headers must fit in it.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// A CORS origin: scheme, host and optional port, nothing else.
+fn parse_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
+    let key = "server.cors_allowed_origins";
+    let url = Url::parse(origin).map_err(|_| {
+        invalid(
+            key,
+            format!("\"{origin}\" is not an origin like https://app.example.com"),
+        )
+    })?;
+    let canonical = url.origin().ascii_serialization();
+    if origin == "*" || canonical == "null" || canonical != origin.trim_end_matches('/') {
+        return Err(invalid(
+            key,
+            format!(
+                "\"{origin}\" must be an exact origin like https://app.example.com (no path, no *)"
+            ),
+        ));
+    }
+    HeaderValue::from_str(&canonical).map_err(|_| invalid(key, "not a valid header value"))
+}
+
+impl RawUser {
+    fn validate(self, key: &str, warnings: &mut Vec<String>) -> Result<User, ConfigError> {
+        let credential = match (self.password, self.password_hash) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(key, "has both password and password_hash; keep only password_hash"))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    key,
+                    "has no password_hash (or password); create one with `deepseek_proxy hash-password`",
+                ))
+            }
+            (Some(password), None) => {
+                if password.expose_secret().is_empty() {
+                    return Err(invalid(&format!("{key}.password"), "is empty"));
+                }
+                warnings.push(format!(
+                    "user \"{}\" has a plaintext password in the config; replace `password` with \
+                     `password_hash` from `deepseek_proxy hash-password`",
+                    self.username
+                ));
+                Credential::Plain(password)
+            }
+            (None, Some(hash)) => {
+                crate::auth::password::check_phc(&hash)
+                    .map_err(|e| invalid(&format!("{key}.password_hash"), e))?;
+                Credential::Argon2(hash)
+            }
+        };
+        if let Some(models) = &self.models {
+            if models.iter().any(|m| m.trim().is_empty()) {
+                return Err(invalid(
+                    &format!("{key}.models"),
+                    "contains an empty model name",
+                ));
+            }
+        }
+        Ok(User {
+            username: self.username,
+            credential,
+            models: self.models,
+            disabled: self.disabled,
         })
     }
 }
 
 impl RawAuth {
-    fn validate(self, env: Env<'_>) -> Result<AuthConfig, ConfigError> {
+    fn validate(self, env: Env<'_>, warnings: &mut Vec<String>) -> Result<AuthConfig, ConfigError> {
         let from_env = env("DEEPSEEK_PROXY_JWT_SECRET");
         let secret = from_env.unwrap_or(self.jwt_secret);
         let generated = secret.is_empty() || secret == SAMPLE_JWT_SECRET;
@@ -267,19 +443,25 @@ impl RawAuth {
                     ),
                 ));
             }
-            if user.password.expose_secret().is_empty() {
-                return Err(invalid(&format!("{key}.password"), "is empty"));
-            }
-            users.push(User {
-                username: user.username,
-                password: user.password,
-            });
+            users.push(user.validate(&key, warnings)?);
+        }
+        if self.login_max_failures_per_minute == 0
+            || self.login_max_failures_per_hour == 0
+            || self.login_max_failures_per_ip_per_minute == 0
+        {
+            return Err(invalid("auth.login_max_failures_*", "must be at least 1"));
         }
         Ok(AuthConfig {
             jwt_secret: SecretString::from(secret),
             jwt_secret_generated: generated,
             token_ttl: Duration::from_secs(self.token_ttl_seconds),
             login_cache: Duration::from_secs(self.login_cache_seconds),
+            throttle: throttle::Limits {
+                per_user_per_minute: self.login_max_failures_per_minute,
+                per_user_per_hour: self.login_max_failures_per_hour,
+                per_ip_per_minute: self.login_max_failures_per_ip_per_minute,
+                ..throttle::Limits::default()
+            },
             users,
         })
     }

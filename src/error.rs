@@ -21,6 +21,10 @@ pub enum ApiError {
     PayloadTooLarge {
         limit_bytes: usize,
     },
+    /// The client took too long to send its body.
+    BodyTimeout,
+    /// The user may not use the requested model.
+    ModelNotAllowed,
     NotFound,
     MethodNotAllowed,
     InvalidCredentials,
@@ -28,6 +32,9 @@ pub enum ApiError {
     InvalidToken,
     ExpiredToken,
     TokenBusy,
+    LoginThrottled {
+        retry_after_secs: u64,
+    },
 
     // The upstream's fault (or our account's, as the upstream sees it).
     UpstreamUnreachable,
@@ -90,6 +97,9 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => code,
             Self::PayloadTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::ModelNotAllowed => "model_not_allowed",
+            Self::LoginThrottled { .. } => "login_throttled",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidCredentials => "invalid_credentials",
@@ -112,13 +122,17 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::ModelNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidCredentials
             | Self::MissingToken
             | Self::InvalidToken
             | Self::ExpiredToken => StatusCode::UNAUTHORIZED,
-            Self::TokenBusy | Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TokenBusy | Self::UpstreamRateLimited { .. } | Self::LoginThrottled { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UpstreamUnreachable
             | Self::UpstreamFailed { .. }
             | Self::UpstreamRejectedKey { .. } => StatusCode::BAD_GATEWAY,
@@ -143,6 +157,11 @@ impl ApiError {
             Self::BadRequest { message, .. } => message.clone(),
             Self::PayloadTooLarge { limit_bytes } => {
                 format!("request body is larger than the gateway's limit of {limit_bytes} bytes")
+            }
+            Self::BodyTimeout => "the request body did not arrive in time".into(),
+            Self::ModelNotAllowed => "your account may not use this model".into(),
+            Self::LoginThrottled { .. } => {
+                "too many failed logins; wait before trying again".into()
             }
             Self::NotFound => "no such route; see the gateway's README for its API".into(),
             Self::MethodNotAllowed => "method not allowed on this route".into(),
@@ -200,6 +219,12 @@ impl IntoResponse for ApiError {
             }
             Self::TokenBusy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::LoginThrottled { retry_after_secs } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
             }
             Self::UpstreamRateLimited { retry_after }
             | Self::UpstreamOverloaded { retry_after } => {

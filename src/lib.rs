@@ -8,6 +8,8 @@ pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use deepseek_proxy::config::{process_env, Config};
-use deepseek_proxy::{demo, telemetry, App};
+use deepseek_proxy::{cli, demo, telemetry, App};
 
 /// A gateway that lets a team share one DeepSeek API key safely.
 #[derive(Parser)]
@@ -17,10 +17,22 @@ struct Cli {
     /// Run against a built-in fake DeepSeek: no key and no network needed.
     #[arg(long)]
     demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read a password (hidden, or from stdin when piped) and print its
+    /// Argon2id hash for `password_hash` in config.toml.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return cli::hash_password();
+    }
     telemetry::init();
     // Config errors are reported before anything binds a port.
     let loaded = if cli.demo {
@@ -57,6 +69,9 @@ async fn serve(mut config: Config, demo: bool) -> std::io::Result<()> {
     } else {
         None
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     if config.auth.jwt_secret_generated {
         tracing::warn!(
             "auth.jwt_secret is empty or the sample value: using a random secret for this \

@@ -5,24 +5,29 @@
 //! is reachable without a token.
 //!
 //! Layers, outermost first (a request passes them top to bottom):
-//! 1. `access_log`: request id, and one log line when the response body ends.
+//! 1. `access_log`: client IP, request id, one log line when the body ends.
 //! 2. `CatchPanicLayer`: a panic becomes a generic 500 and the process stays up.
-//! 3. the router: public routes, or the token check and then a protected route.
+//! 3. CORS, only when `server.cors_allowed_origins` is set: answers
+//!    preflights before auth, since browsers send them without a token.
+//! 4. the router: public routes, or the token check and then a protected
+//!    route; everything under `/auth` is `Cache-Control: no-store`.
 
-use axum::http::StatusCode;
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::access_log::access_log;
-use crate::auth::{login, require_token};
+use crate::access_log::{access_log, X_REQUEST_ID};
+use crate::auth::{login, logout, require_token};
 use crate::error::ApiError;
 use crate::proxy;
 use crate::state::AppState;
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
+    let auth_required = from_fn_with_state(state.clone(), require_token);
     let protected = Router::new()
         .route("/chat/completions", post(proxy::chat))
         .route("/v1/chat/completions", post(proxy::chat))
@@ -30,19 +35,63 @@ pub fn router(state: AppState) -> Router {
         .route("/beta/completions", post(proxy::beta_completions))
         .route("/models", get(proxy::models))
         .route("/v1/models", get(proxy::models))
-        .route_layer(from_fn_with_state(state.clone(), require_token));
+        .route("/auth/logout", post(logout))
+        .route_layer(auth_required);
 
     let public = Router::new()
         .route("/auth/login", post(login))
         .route("/healthz", get(healthz));
 
-    protected
+    let app = protected
         .merge(public)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(map_response(no_store_for_auth));
+    with_layers(app, state, cors_allowed_origins)
+}
+
+/// The layers every route sits behind. Public so tests can put a route that
+/// misbehaves (panics) behind exactly the same stack.
+pub fn with_layers(
+    app: Router<AppState>,
+    state: AppState,
+    cors_allowed_origins: &[HeaderValue],
+) -> Router {
+    let app = match cors(cors_allowed_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(CatchPanicLayer::custom(panic_response))
+        .layer(from_fn_with_state(state.clone(), access_log))
         .with_state(state)
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(from_fn(access_log))
+}
+
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                X_REQUEST_ID.clone(),
+            ])
+            .expose_headers([X_REQUEST_ID.clone(), header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// Login answers and errors must never sit in a cache.
+async fn no_store_for_auth(uri: Uri, mut response: Response) -> Response {
+    if uri.path().starts_with("/auth/") {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 async fn healthz() -> Response {

@@ -1,14 +1,16 @@
 //! The state every handler shares. Cloning it is one reference-count bump.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::SecretString;
-
 use crate::auth::jwt::JwtKeys;
 use crate::auth::login_cache::LoginCache;
+use crate::auth::password::{Passwords, Stored};
+use crate::auth::revocation::Revocations;
+use crate::auth::throttle::LoginThrottle;
+use crate::client_ip::IpNet;
 use crate::config::Config;
 use crate::limits::Slots;
 use crate::proxy::Upstream;
@@ -16,14 +18,39 @@ use crate::proxy::Upstream;
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
+/// A configured user, as the request path needs it.
+#[derive(Debug)]
+pub struct Account {
+    pub username: String,
+    pub password: Arc<Stored>,
+    /// Models this user may request; `None` allows all.
+    pub models: Option<HashSet<String>>,
+    pub disabled: bool,
+}
+
+impl Account {
+    pub fn may_use(&self, model: Option<&str>) -> bool {
+        match (&self.models, model) {
+            (None, _) => true,
+            (Some(allowed), Some(model)) => allowed.contains(model),
+            (Some(_), None) => false,
+        }
+    }
+}
+
 pub struct Inner {
-    pub users: HashMap<String, SecretString>,
+    pub accounts: HashMap<String, Arc<Account>>,
+    pub passwords: Passwords,
+    pub throttle: LoginThrottle,
     pub jwt: JwtKeys,
     pub token_ttl: Duration,
     pub login_cache: LoginCache,
+    pub revocations: Revocations,
     pub slots: Slots,
     pub upstream: Upstream,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Deref for AppState {
@@ -40,18 +67,38 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, String> {
         let upstream = Upstream::new(&config.upstream)?;
         let auth = config.auth;
+        let (users, credentials): (Vec<_>, Vec<_>) = auth
+            .users
+            .into_iter()
+            .map(|u| ((u.username, u.models, u.disabled), u.credential))
+            .unzip();
+        let (passwords, stored) = Passwords::prepare(credentials);
+        let accounts = users
+            .into_iter()
+            .zip(stored)
+            .map(|((username, models, disabled), password)| {
+                let account = Account {
+                    username: username.clone(),
+                    password,
+                    models: models.map(|m| m.into_iter().collect()),
+                    disabled,
+                };
+                (username, Arc::new(account))
+            })
+            .collect();
         Ok(Self(Arc::new(Inner {
-            users: auth
-                .users
-                .into_iter()
-                .map(|u| (u.username, u.password))
-                .collect(),
+            accounts,
+            passwords,
+            throttle: LoginThrottle::new(auth.throttle),
             jwt: JwtKeys::new(&auth.jwt_secret),
             token_ttl: auth.token_ttl,
             login_cache: LoginCache::new(auth.login_cache.as_secs()),
+            revocations: Revocations::default(),
             slots: Slots::default(),
             upstream,
             max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: config.server.body_read_timeout,
+            trusted_proxies: config.server.trusted_proxies,
         })))
     }
 }

@@ -380,7 +380,7 @@ fn expired_token(secret: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
         .as_secs();
-    let claims = json!({"sub": "admin", "iat": now - 7200, "exp": now - 3600, "jti": random_hex()});
+    let claims = json!({"iss": "deepseek_proxy", "aud": "deepseek_proxy", "sub": "admin", "iat": now - 7200, "exp": now - 3600, "jti": random_hex()});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,

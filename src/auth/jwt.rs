@@ -11,9 +11,16 @@ use crate::error::ApiError;
 
 /// Tokens longer than this are refused before any parsing.
 const MAX_TOKEN_BYTES: usize = 4096;
+/// `iss` and `aud` of every token; a JWT minted for anything else is refused.
+pub const ISSUER: &str = "deepseek_proxy";
+/// How far in the future `iat`/`nbf` may be (clock skew between replicas).
+/// Expiry itself gets no leeway.
+const LEEWAY_SECS: u64 = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    pub iss: String,
+    pub aud: String,
     pub sub: String,
     pub iat: u64,
     pub exp: u64,
@@ -47,10 +54,12 @@ impl JwtKeys {
         let bytes = secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
-        validation.set_required_spec_claims(&["exp", "iat", "sub"]);
-        // One process issues and checks its tokens, so no clock skew to allow for.
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[ISSUER]);
         validation.leeway = 0;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
@@ -61,6 +70,8 @@ impl JwtKeys {
     /// Signs a new token for `sub`, valid for `ttl_secs` from `now`.
     pub fn issue(&self, sub: &str, now: u64, ttl_secs: u64) -> (String, Claims) {
         let claims = Claims {
+            iss: ISSUER.to_owned(),
+            aud: ISSUER.to_owned(),
             sub: sub.to_owned(),
             iat: now,
             exp: now + ttl_secs,
@@ -74,7 +85,7 @@ impl JwtKeys {
 
     /// Checks signature, algorithm and expiry, and that the token names a `jti`.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, ApiError> {
-        if token.len() > MAX_TOKEN_BYTES {
+        if token.len() > MAX_TOKEN_BYTES || token.bytes().any(|b| b.is_ascii_control()) {
             return Err(ApiError::InvalidToken);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
@@ -87,7 +98,7 @@ impl JwtKeys {
         if claims.exp <= now {
             return Err(ApiError::ExpiredToken);
         }
-        if claims.iat > now || claims.token_id().is_none() {
+        if claims.iat > now + LEEWAY_SECS || claims.token_id().is_none() {
             return Err(ApiError::InvalidToken);
         }
         Ok(claims)
@@ -132,12 +143,7 @@ mod tests {
     fn other_algorithms_are_refused() {
         let now = unix_now();
         let secret = "k".repeat(40);
-        let claims = Claims {
-            sub: "admin".into(),
-            iat: now,
-            exp: now + 60,
-            jti: "ab".repeat(16),
-        };
+        let claims = claims_for("admin", now);
         for alg in [Algorithm::HS384, Algorithm::HS512] {
             let token = jsonwebtoken::encode(
                 &Header::new(alg),
@@ -164,6 +170,60 @@ mod tests {
             (),
         );
         token.split('.').nth(1).unwrap_or_default().to_owned()
+    }
+
+    fn claims_for(sub: &str, now: u64) -> Claims {
+        Claims {
+            iss: ISSUER.into(),
+            aud: ISSUER.into(),
+            sub: sub.into(),
+            iat: now,
+            exp: now + 60,
+            jti: "ab".repeat(16),
+        }
+    }
+
+    fn sign(payload: &serde_json::Value) -> String {
+        let key = EncodingKey::from_secret("k".repeat(40).as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), payload, &key).expect("encode")
+    }
+
+    #[test]
+    fn claims_must_have_the_right_issuer_audience_and_types() {
+        let now = unix_now();
+        let good = serde_json::to_value(claims_for("admin", now)).expect("json");
+        assert!(keys().verify(&sign(&good), now).is_ok());
+        let mut cases = Vec::new();
+        for (field, value) in [
+            ("iss", serde_json::json!("someone-else")),
+            ("aud", serde_json::json!("someone-else")),
+            ("exp", serde_json::json!((now + 60).to_string())),
+            ("iat", serde_json::json!("yesterday")),
+            ("sub", serde_json::json!(42)),
+            ("jti", serde_json::json!("not-hex")),
+            ("iat", serde_json::json!(now + 60)),
+            ("nbf", serde_json::json!(now + 60)),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            cases.push((field, bad));
+        }
+        for field in ["iss", "aud", "exp", "sub", "jti", "iat"] {
+            let mut bad = good.clone();
+            bad.as_object_mut().expect("object").remove(field);
+            cases.push((field, bad));
+        }
+        for (field, bad) in cases {
+            assert!(keys().verify(&sign(&bad), now).is_err(), "{field}: {bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_with_control_characters_are_refused() {
+        let now = unix_now();
+        let (token, _) = keys().issue("admin", now, 60);
+        assert!(keys().verify(&format!("{token}\r\n"), now).is_err());
+        assert!(keys().verify(&format!("{token}\n"), now).is_err());
     }
 
     #[test]

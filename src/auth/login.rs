@@ -1,19 +1,21 @@
-//! `POST /auth/login`: check the password (every time), then hand out the
-//! cached token or a new one.
+//! `POST /auth/login` and `POST /auth/logout`.
+//!
+//! Login: throttle check (before any password work) -> password check (every
+//! time, cache or not) -> the cached token or a new one.
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::jwt::unix_now;
 use super::login_cache::Issued;
-use super::password;
+use super::AuthToken;
 use crate::access_log::RequestLog;
 use crate::body::read_limited;
+use crate::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -36,26 +38,36 @@ struct LoginResponse<'a> {
 pub async fn login(
     State(state): State<AppState>,
     Extension(log): Extension<RequestLog>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_limited(body, LOGIN_BODY_LIMIT_BYTES).await?;
+    let body = read_limited(body, LOGIN_BODY_LIMIT_BYTES, state.body_read_timeout).await?;
     let request = parse(&body)?;
-    if !password::verify(
-        &state.users,
-        &request.username,
-        request.password.expose_secret(),
-    ) {
-        tracing::info!(user = %request.username.escape_debug(), "login refused");
-        return Err(ApiError::InvalidCredentials);
+    let username = request.username.as_str();
+    if let Some(retry_after_secs) = state.throttle.check(username, ip, unix_now()) {
+        tracing::warn!(user = %loggable(&state, username), client = %ip, "login throttled");
+        return Err(ApiError::LoginThrottled { retry_after_secs });
     }
-    log.set_user(&request.username);
+    let account = state.accounts.get(username);
+    let password_ok = state
+        .passwords
+        .verify(account.map(|a| &a.password), request.password)
+        .await;
+    let Some(account) = account.filter(|a| password_ok && !a.disabled) else {
+        state.throttle.record_failure(username, ip, unix_now());
+        tracing::info!(user = %loggable(&state, username), client = %ip, "login refused");
+        return Err(ApiError::InvalidCredentials);
+    };
+    state.throttle.record_success(username);
+    log.set_user(username);
 
     let now = unix_now();
     let ttl = state.token_ttl.as_secs();
-    let issued = state.login_cache.get_or_issue(&request.username, now, || {
-        let (token, claims) = state.jwt.issue(&request.username, now, ttl);
+    let issued = state.login_cache.get_or_issue(username, now, || {
+        let (token, claims) = state.jwt.issue(&account.username, now, ttl);
         Issued {
             token: token.into(),
+            token_id: claims.token_id().unwrap_or_default(),
             issued_at: claims.iat,
             exp: claims.exp,
         }
@@ -65,11 +77,27 @@ pub async fn login(
         token_type: "Bearer",
         expires_in: issued.exp.saturating_sub(now),
     };
-    Ok((
-        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        Json(body),
-    )
-        .into_response())
+    Ok(Json(body).into_response())
+}
+
+/// `POST /auth/logout`: the presented token stops working now, and the next
+/// login gets a new one.
+pub async fn logout(State(state): State<AppState>, token: AuthToken) -> Response {
+    state
+        .revocations
+        .revoke(token.token_id, token.claims.exp, unix_now());
+    state.login_cache.forget(&token.claims.sub, token.token_id);
+    Json(serde_json::json!({"revoked": true})).into_response()
+}
+
+/// Usernames are logged only when they exist: someone who types their
+/// password into the username field must not find it in the log.
+fn loggable<'a>(state: &AppState, username: &'a str) -> &'a str {
+    if state.accounts.contains_key(username) {
+        username
+    } else {
+        "(unknown)"
+    }
 }
 
 /// Parses the body without echoing its values: a serde message can quote the

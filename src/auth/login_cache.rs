@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub token: Arc<str>,
+    pub token_id: u128,
     pub issued_at: u64,
     pub exp: u64,
 }
@@ -52,6 +53,15 @@ impl LoginCache {
         }
         fresh
     }
+
+    /// Drops `user`'s cached token if it is `token_id` (after a logout), so
+    /// the next login issues a new one.
+    pub fn forget(&self, user: &str, token_id: u128) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.get(user).is_some_and(|e| e.token_id == token_id) {
+            entries.remove(user);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -61,6 +71,7 @@ mod tests {
     fn issued(name: &str, at: u64, ttl: u64) -> Issued {
         Issued {
             token: Arc::from(name),
+            token_id: 0,
             issued_at: at,
             exp: at + ttl,
         }

@@ -8,14 +8,21 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use std::sync::Arc;
+
 use super::jwt::{unix_now, Claims};
 use crate::access_log::RequestLog;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{Account, AppState};
 
-/// The verified claims of the request's bearer token.
+/// The verified claims of the request's bearer token, and its user.
 #[derive(Debug, Clone)]
-pub struct AuthToken(pub Claims);
+pub struct AuthToken {
+    pub claims: Claims,
+    /// The token's id (its `jti` as a number): the slot and revocation key.
+    pub token_id: u128,
+    pub account: Arc<Account>,
+}
 
 pub async fn require_token(
     State(state): State<AppState>,
@@ -23,25 +30,36 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     match authenticate(&state, req.headers()) {
-        Ok(claims) => {
+        Ok(token) => {
             if let Some(log) = req.extensions().get::<RequestLog>() {
-                log.set_user(&claims.sub);
+                log.set_user(&token.claims.sub);
             }
-            req.extensions_mut().insert(AuthToken(claims));
+            req.extensions_mut().insert(token);
             next.run(req).await
         }
         Err(e) => e.into_response(),
     }
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiError> {
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthToken, ApiError> {
     let token = bearer_token(headers)?;
     let claims = state.jwt.verify(token, unix_now())?;
-    // A user removed from the config loses access at once.
-    if !state.users.contains_key(&claims.sub) {
+    let token_id = claims.token_id().ok_or(ApiError::InvalidToken)?;
+    if state.revocations.is_revoked(token_id) {
         return Err(ApiError::InvalidToken);
     }
-    Ok(claims)
+    // A user removed from the config, or disabled, loses access at once.
+    let account = state
+        .accounts
+        .get(&claims.sub)
+        .filter(|a| !a.disabled)
+        .ok_or(ApiError::InvalidToken)?
+        .clone();
+    Ok(AuthToken {
+        claims,
+        token_id,
+        account,
+    })
 }
 
 /// The token of an `Authorization: Bearer <token>` header. The scheme is

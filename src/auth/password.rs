@@ -1,20 +1,150 @@
-//! Password checks that take the same time whether the user exists or not,
-//! and whether the guess shares a prefix with the password or not.
+//! Password checks.
+//!
+//! Argon2id hashes (`password_hash` in the config) are verified on the
+//! blocking pool, at most [`Passwords::new`]'s `parallelism` at a time, so a
+//! login flood queues there instead of starving the async workers that relay
+//! streams. Plaintext passwords (`password`, kept for the seed's config) are
+//! compared in constant time.
+//!
+//! An unknown username costs the same as a wrong password: it is checked
+//! against a dummy of the same kind. When any user has a hash, plaintext
+//! users are hashed at start too, so every check is an Argon2 verification
+//! and timing cannot tell a plaintext user from an unknown one.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
 
-/// Compared against when the username is unknown, so both paths do the same work.
-const DUMMY_PASSWORD: &str = "dummy-password-for-unknown-users!";
+use crate::config::Credential;
 
-/// True when `username` exists and `password` is theirs.
-pub fn verify(users: &HashMap<String, SecretString>, username: &str, password: &str) -> bool {
-    let (stored, known) = match users.get(username) {
-        Some(stored) => (stored.expose_secret(), true),
-        None => (DUMMY_PASSWORD, false),
+/// OWASP's minimum for Argon2id: 19 MiB, 2 passes, 1 lane.
+pub const MEMORY_KIB: u32 = 19_456;
+pub const ITERATIONS: u32 = 2;
+pub const LANES: u32 = 1;
+
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(MEMORY_KIB, ITERATIONS, LANES, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) for `password`.
+pub fn hash(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    hasher()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing failed: {e}"))
+}
+
+/// Checks that `phc` is an Argon2id PHC string we can verify against.
+pub fn check_phc(phc: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(phc).map_err(|_| {
+        "is not a PHC string; create one with `deepseek_proxy hash-password`".to_owned()
+    })?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(format!(
+            "uses {}; only argon2id is accepted (use `deepseek_proxy hash-password`)",
+            parsed.algorithm
+        ));
+    }
+    Params::try_from(&parsed).map_err(|e| format!("has bad Argon2 parameters: {e}"))?;
+    Ok(())
+}
+
+/// How a stored password is checked, after start-up preparation.
+#[derive(Debug)]
+pub enum Stored {
+    Plain(SecretString),
+    Hash(SecretString),
+}
+
+pub struct Passwords {
+    permits: Semaphore,
+    /// Checked against for unknown usernames: same kind as the real ones.
+    dummy: Arc<Stored>,
+    checks: AtomicU64,
+}
+
+impl Passwords {
+    /// Prepares every credential: if any is hashed, all are (see module doc).
+    pub fn prepare(credentials: Vec<Credential>) -> (Self, Vec<Arc<Stored>>) {
+        let any_hash = credentials
+            .iter()
+            .any(|c| matches!(c, Credential::Argon2(_)));
+        let stored = credentials
+            .into_iter()
+            .map(|c| {
+                Arc::new(match c {
+                    Credential::Argon2(phc) => Stored::Hash(SecretString::from(phc)),
+                    Credential::Plain(p) if any_hash => Stored::Hash(SecretString::from(
+                        hash(p.expose_secret()).unwrap_or_default(),
+                    )),
+                    Credential::Plain(p) => Stored::Plain(p),
+                })
+            })
+            .collect();
+        let dummy_password = uuid::Uuid::new_v4().to_string();
+        let dummy = if any_hash {
+            Stored::Hash(SecretString::from(
+                hash(&dummy_password).unwrap_or_default(),
+            ))
+        } else {
+            Stored::Plain(SecretString::from(dummy_password))
+        };
+        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let passwords = Self {
+            permits: Semaphore::new(parallelism),
+            dummy: Arc::new(dummy),
+            checks: AtomicU64::new(0),
+        };
+        (passwords, stored)
+    }
+
+    /// True when `stored` is `Some` and `password` matches it. `None` (an
+    /// unknown user) does the same work against the dummy and returns false.
+    pub async fn verify(&self, stored: Option<&Arc<Stored>>, password: SecretString) -> bool {
+        let known = stored.is_some();
+        let stored = stored.unwrap_or(&self.dummy).clone();
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        let matches = match &*stored {
+            Stored::Plain(p) => constant_time_eq(
+                p.expose_secret().as_bytes(),
+                password.expose_secret().as_bytes(),
+            ),
+            Stored::Hash(_) => {
+                let Ok(_permit) = self.permits.acquire().await else {
+                    return false;
+                };
+                tokio::task::spawn_blocking(move || verify_hash(&stored, &password))
+                    .await
+                    .unwrap_or(false)
+            }
+        };
+        matches & known
+    }
+
+    /// Password checks done so far (unknown users included).
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+}
+
+fn verify_hash(stored: &Stored, password: &SecretString) -> bool {
+    let Stored::Hash(phc) = stored else {
+        return false;
     };
-    constant_time_eq(stored.as_bytes(), password.as_bytes()) & known
+    let Ok(parsed) = PasswordHash::new(phc.expose_secret()) else {
+        return false;
+    };
+    // Argon2's verifier compares the outputs in constant time.
+    Argon2::default()
+        .verify_password(password.expose_secret().as_bytes(), &parsed)
+        .is_ok()
 }
 
 /// Compares every byte (up to the longer length) without stopping early.
@@ -32,14 +162,50 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s)
+    }
+
+    #[tokio::test]
+    async fn plaintext_users_pass_only_with_their_own_password() {
+        let (pw, stored) = Passwords::prepare(vec![Credential::Plain(secret("admin123"))]);
+        assert!(matches!(*stored[0], Stored::Plain(_)));
+        assert!(pw.verify(Some(&stored[0]), secret("admin123")).await);
+        for wrong in ["admin12", "admin1234", "", "ADMIN123"] {
+            assert!(!pw.verify(Some(&stored[0]), secret(wrong)).await, "{wrong}");
+        }
+        assert!(!pw.verify(None, secret("admin123")).await);
+    }
+
+    #[tokio::test]
+    async fn hashed_users_verify_and_make_plaintext_users_hashed_too() {
+        let phc = hash("s3cret").expect("hash");
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        check_phc(&phc).expect("valid");
+        let (pw, stored) = Passwords::prepare(vec![
+            Credential::Argon2(phc),
+            Credential::Plain(secret("admin123")),
+        ]);
+        assert!(
+            matches!(*stored[1], Stored::Hash(_)),
+            "plaintext hashed at start"
+        );
+        assert!(pw.verify(Some(&stored[0]), secret("s3cret")).await);
+        assert!(!pw.verify(Some(&stored[0]), secret("s3cret ")).await);
+        assert!(pw.verify(Some(&stored[1]), secret("admin123")).await);
+        assert!(!pw.verify(None, secret("s3cret")).await);
+        assert!(
+            matches!(*pw.dummy, Stored::Hash(_)),
+            "unknown users cost a hash too"
+        );
+        assert_eq!(pw.checks(), 4);
+    }
+
     #[test]
-    fn only_the_right_password_of_a_known_user_passes() {
-        let users = HashMap::from([("admin".to_owned(), SecretString::from("admin123"))]);
-        assert!(verify(&users, "admin", "admin123"));
-        assert!(!verify(&users, "admin", "admin12"));
-        assert!(!verify(&users, "admin", "admin1234"));
-        assert!(!verify(&users, "admin", ""));
-        assert!(!verify(&users, "nobody", "admin123"));
-        assert!(!verify(&users, "nobody", DUMMY_PASSWORD));
+    fn only_argon2id_phc_strings_are_accepted() {
+        assert!(check_phc("admin123").is_err());
+        assert!(check_phc("$2b$12$abcdefghijklmnopqrstuv").is_err());
+        let argon2i = "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$L4dGZlfqRVuh2r8aVeRLNw";
+        assert!(check_phc(argon2i).is_err());
     }
 }

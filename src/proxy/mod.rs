@@ -12,6 +12,8 @@ pub mod upstream;
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use std::borrow::Cow;
+
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -86,20 +88,23 @@ pub async fn models(_: AuthToken, cx: Context) -> Result<Response, ApiError> {
 
 async fn completion(
     route: Route,
-    AuthToken(claims): AuthToken,
+    token: AuthToken,
     cx: Context,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let token_id = claims.token_id().ok_or(ApiError::InvalidToken)?;
     // Taken before the body is read, so a concurrent request is refused at once.
     let slot = cx
         .state
         .slots
-        .try_acquire(token_id)
+        .try_acquire(token.token_id)
         .ok_or(ApiError::TokenBusy)?;
-    let body = read_limited(body, cx.state.max_body_bytes).await?;
+    let state = &cx.state;
+    let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
     cx.log.set_bytes_in(body.len());
-    check_body(route, &body)?;
+    let checked = check_body(route, &body)?;
+    if !token.account.may_use(checked.model.as_deref()) {
+        return Err(ApiError::ModelNotAllowed);
+    }
     forward(route, cx, Some(body), Some(slot)).await
 }
 
@@ -133,27 +138,38 @@ async fn forward(
     Ok(out)
 }
 
+/// What the gateway reads from a request body: its model, nothing else.
+#[derive(Debug)]
+pub struct CheckedBody<'a> {
+    pub model: Option<Cow<'a, str>>,
+}
+
 /// The body of a chat route must be a JSON object with a `messages` array;
-/// a FIM body must be a JSON object with a `prompt`. Everything else in it
-/// is the upstream's business and passes through unchanged.
-fn check_body(route: Route, body: &[u8]) -> Result<(), ApiError> {
+/// a FIM body must be a JSON object with a `prompt`. The body is parsed once,
+/// here, and only the model is kept; everything else in it is the upstream's
+/// business and passes through unchanged.
+pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError> {
     #[derive(Deserialize)]
-    struct Chat {
+    struct Chat<'a> {
         #[allow(dead_code)]
         messages: Vec<IgnoredAny>,
+        #[serde(borrow, default)]
+        model: Option<Cow<'a, str>>,
     }
     #[derive(Deserialize)]
-    struct Fim {
+    struct Fim<'a> {
         #[allow(dead_code)]
         prompt: IgnoredAny,
+        #[serde(borrow, default)]
+        model: Option<Cow<'a, str>>,
     }
     let (parsed, expected) = match route {
         Route::BetaCompletions => (
-            serde_json::from_slice::<Fim>(body).map(drop),
+            serde_json::from_slice::<Fim>(body).map(|b| CheckedBody { model: b.model }),
             "a JSON object with a \"prompt\"",
         ),
         _ => (
-            serde_json::from_slice::<Chat>(body).map(drop),
+            serde_json::from_slice::<Chat>(body).map(|b| CheckedBody { model: b.model }),
             "a JSON object with a \"messages\" array",
         ),
     };
@@ -204,6 +220,15 @@ mod tests {
         )
         .is_ok());
         assert!(check_body(Route::BetaCompletions, br#"{"messages":[]}"#).is_err());
+    }
+
+    #[test]
+    fn the_model_is_read_even_when_escaped() {
+        let body = br#"{"messages":[],"model":"deepseek-\u0063hat"}"#;
+        let checked = check_body(Route::Chat, body).expect("valid");
+        assert_eq!(checked.model.as_deref(), Some("deepseek-chat"));
+        let checked = check_body(Route::Chat, br#"{"messages":[]}"#).expect("valid");
+        assert_eq!(checked.model, None);
     }
 
     #[test]
