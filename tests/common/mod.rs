@@ -26,7 +26,24 @@ pub struct Settings {
     pub shutdown_grace_seconds: u64,
     /// Overrides the fake's URL (e.g. a closed port).
     pub base_url: Option<String>,
+    /// Extra lines for `[server]`, e.g. `max_connections = 2`.
+    pub server_extra: String,
+    /// Extra lines for `[auth]`, e.g. `login_max_failures_per_minute = 3`.
+    pub auth_extra: String,
+    /// Replaces the two default users (admin/admin123, user1/pass123).
+    pub users: Option<String>,
 }
+
+/// The default users, as TOML.
+pub const DEFAULT_USERS: &str = r#"
+[[auth.users]]
+username = "admin"
+password = "admin123"
+
+[[auth.users]]
+username = "user1"
+password = "pass123"
+"#;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -38,6 +55,9 @@ impl Default for Settings {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_seconds: 5,
             base_url: None,
+            server_extra: String::new(),
+            auth_extra: String::new(),
+            users: None,
         }
     }
 }
@@ -67,19 +87,14 @@ host = "127.0.0.1"
 port = 0
 max_body_bytes = {max_body}
 shutdown_grace_seconds = {grace}
+{server_extra}
 
 [auth]
 jwt_secret = "{jwt_secret}"
 token_ttl_seconds = {ttl}
 login_cache_seconds = {cache}
-
-[[auth.users]]
-username = "admin"
-password = "admin123"
-
-[[auth.users]]
-username = "user1"
-password = "pass123"
+{auth_extra}
+{users}
 
 [deepseek]
 api_key = "{api_key}"
@@ -93,6 +108,9 @@ max_request_seconds = {max_request}
         cache = s.login_cache_seconds,
         timeout = s.timeout_seconds,
         max_request = s.max_request_seconds,
+        server_extra = s.server_extra,
+        auth_extra = s.auth_extra,
+        users = s.users.as_deref().unwrap_or(DEFAULT_USERS),
     )
 }
 
