@@ -846,3 +846,27 @@ async fn no_secret_reaches_a_log_line_or_a_response_even_at_trace_level() {
         "too few log lines to mean anything: {logs:?}"
     );
 }
+
+#[tokio::test]
+async fn plaintext_passwords_get_one_startup_warning_per_user_naming_the_fix() {
+    let dir = TempDir::new();
+    let text = config_toml(&Settings::default(), NOWHERE, "sk-unused", "");
+    let path = dir.write("config.toml", &text);
+    let proxy = Running::start(proxy_with_config(&dir, &path)).await;
+    let lines = proxy.stop().await;
+    for user in ["admin", "user1"] {
+        let warnings: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("WARN") && l.contains(&format!("\"{user}\"")))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{user}: {lines:#?}");
+        assert!(warnings[0].contains("hash-password"), "{}", warnings[0]);
+        assert!(!warnings[0].contains("admin123") && !warnings[0].contains("pass123"));
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("will not survive a restart")),
+        "an empty jwt_secret is warned about: {lines:#?}"
+    );
+}

@@ -32,6 +32,8 @@ pub struct Settings {
     pub auth_extra: String,
     /// Replaces the two default users (admin/admin123, user1/pass123).
     pub users: Option<String>,
+    /// A fixed JWT secret (default: random per app), to share tokens between apps.
+    pub jwt_secret: Option<String>,
 }
 
 /// The default users, as TOML.
@@ -58,6 +60,7 @@ impl Default for Settings {
             server_extra: String::new(),
             auth_extra: String::new(),
             users: None,
+            jwt_secret: None,
         }
     }
 }
@@ -124,7 +127,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let fake = FakeDeepSeek::start().await.expect("fake upstream starts");
     let api_key = format!("sk-test-{}", random_hex());
     fake.require_key(&api_key);
-    let jwt_secret = format!("{}{}", random_hex(), random_hex());
+    let jwt_secret = settings
+        .jwt_secret
+        .clone()
+        .unwrap_or_else(|| format!("{}{}", random_hex(), random_hex()));
     let base_url = settings.base_url.clone().unwrap_or_else(|| fake.base_url());
     let text = config_toml(&settings, &base_url, &api_key, &jwt_secret);
     let no_env = |_: &str| None;
