@@ -87,6 +87,7 @@ async fn malformed_login_bodies_get_400_never_404_or_500() {
         r#"{"username":"admin"}"#,
         r#"{"username":1,"password":2}"#,
         r#"{"username":"admin","password":"admin123""#,
+        r#"["admin","admin123"]"#,
     ];
     for body in bodies {
         let response = app

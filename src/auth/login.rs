@@ -103,6 +103,14 @@ fn loggable<'a>(state: &AppState, username: &'a str) -> &'a str {
 /// Parses the body without echoing its values: a serde message can quote the
 /// offending value, which may be a password.
 fn parse(body: &[u8]) -> Result<LoginRequest, ApiError> {
+    // Derived structs also accept an array of the fields in order; only an
+    // object is a login body.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "expected a JSON object {\"username\": string, \"password\": string}",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",

@@ -163,6 +163,9 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
         #[serde(borrow, default)]
         model: Option<Cow<'a, str>>,
     }
+    // serde's derived structs also accept a JSON array of the fields in
+    // order; a body must be an object, so say so before parsing.
+    let is_object = body.trim_ascii_start().first() == Some(&b'{');
     let (parsed, expected) = match route {
         Route::BetaCompletions => (
             serde_json::from_slice::<Fim>(body).map(|b| CheckedBody { model: b.model }),
@@ -173,6 +176,14 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
             "a JSON object with a \"messages\" array",
         ),
     };
+    if !is_object {
+        let code = if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+            "invalid_body"
+        } else {
+            "invalid_json"
+        };
+        return Err(ApiError::bad_request(code, format!("the request body must be {expected}")));
+    }
     parsed.map_err(|e| {
         let code = if e.is_data() {
             "invalid_body"
@@ -205,6 +216,8 @@ mod tests {
             b"{\"messages\":\"hi\"}",
             b"{\"messages\":[]",
             b"{\"messages\":[]} trailing",
+            b"[[]]",
+            b"[[], \"deepseek-chat\"]",
             b"",
         ] {
             let err = check_body(Route::Chat, bad).expect_err("must be refused");
