@@ -697,6 +697,62 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_toml_is_valid_and_warns_about_plaintext_passwords() {
+        let text = include_str!("../config.toml");
+        let config = Config::from_toml(text, &env_with_key).expect("shipped config is valid");
+        assert_eq!(config.auth.users.len(), 2);
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        let demo = Config::from_toml(crate::demo::DEMO_CONFIG, &env_with_key).expect("demo config");
+        assert_eq!(demo.auth.users.len(), 2);
+    }
+
+    #[test]
+    fn users_need_exactly_one_kind_of_password_and_a_real_hash() {
+        let both =
+            "[auth]\n[[auth.users]]\nusername = \"a\"\npassword = \"x\"\npassword_hash = \"y\"\n";
+        let err = Config::from_toml(both, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.users[0]"), "{err}");
+        let none = "[auth]\n[[auth.users]]\nusername = \"a\"\n";
+        let err = Config::from_toml(none, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hash-password"), "{err}");
+        let bad = "[auth]\n[[auth.users]]\nusername = \"a\"\npassword_hash = \"plain\"\n";
+        let err = Config::from_toml(bad, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.users[0].password_hash"), "{err}");
+    }
+
+    #[test]
+    fn proxies_and_origins_are_checked() {
+        let proxies = format!("[server]\ntrusted_proxies = [\"10.0.0.0/99\"]\n{MINIMAL}");
+        let err = Config::from_toml(&proxies, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.trusted_proxies"), "{err}");
+        for origin in ["*", "https://a.example/path", "not a url"] {
+            let text = format!("[server]\ncors_allowed_origins = [\"{origin}\"]\n{MINIMAL}");
+            let err = Config::from_toml(&text, &env_with_key)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("server.cors_allowed_origins"),
+                "{origin}: {err}"
+            );
+        }
+        let ok =
+            format!("[server]\ncors_allowed_origins = [\"https://a.example:8443\"]\n{MINIMAL}");
+        let config = Config::from_toml(&ok, &env_with_key).expect("valid");
+        assert_eq!(
+            config.server.cors_allowed_origins[0],
+            "https://a.example:8443"
+        );
+    }
+
+    #[test]
     fn a_trailing_slash_on_base_url_is_trimmed() {
         let text = format!("[deepseek]\nbase_url = \"http://127.0.0.1:9/v1/\"\n{MINIMAL}");
         let config = Config::from_toml(&text, &env_with_key).expect("valid");
