@@ -664,9 +664,13 @@ impl LeakRun {
 async fn drive_auth_errors(run: &mut LeakRun, proxy: &Running, jwt_secret: &str) {
     let wrong = format!("wrong-{}", random_hex());
     run.secret("a wrong password", &wrong);
+    // Someone types their password into the username field.
+    let typed_as_name = format!("Passw0rd-{}", random_hex());
+    run.secret("a password typed as a username", &typed_as_name);
     for (what, user, password) in [
         ("wrong password", "admin", wrong.as_str()),
         ("unknown user", "mallory", "admin123"),
+        ("password as username", typed_as_name.as_str(), "x"),
     ] {
         let (status, body) = run
             .transcript

@@ -14,7 +14,10 @@ fn model_accepts(route: Route, body: &[u8]) -> bool {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
         return false;
     };
-    let model_ok = matches!(map.get("model"), None | Some(Value::String(_)) | Some(Value::Null));
+    let model_ok = matches!(
+        map.get("model"),
+        None | Some(Value::String(_)) | Some(Value::Null)
+    );
     match route {
         Route::BetaCompletions => map.contains_key("prompt") && model_ok,
         _ => matches!(map.get("messages"), Some(Value::Array(_))) && model_ok,

@@ -182,7 +182,10 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
         } else {
             "invalid_json"
         };
-        return Err(ApiError::bad_request(code, format!("the request body must be {expected}")));
+        return Err(ApiError::bad_request(
+            code,
+            format!("the request body must be {expected}"),
+        ));
     }
     parsed.map_err(|e| {
         let code = if e.is_data() {
