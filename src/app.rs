@@ -142,7 +142,7 @@ impl App {
             () = graceful.shutdown() => {}
             () = tokio::time::sleep(limits.shutdown_grace) => {
                 tracing::warn!(
-                    in_flight = self.state.slots.in_flight(),
+                    in_flight = self.state.store.in_flight(),
                     "shutdown grace period over; closing the requests still open"
                 );
             }

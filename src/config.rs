@@ -45,6 +45,30 @@ pub struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     deepseek: RawDeepSeek,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawState {
+    backend: String,
+    redis_url: String,
+    key_prefix: String,
+    lease_ttl_seconds: u64,
+    redis_timeout_ms: u64,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            backend: "memory".into(),
+            redis_url: String::new(),
+            key_prefix: "deepseek_proxy:".into(),
+            lease_ttl_seconds: 15,
+            redis_timeout_ms: 500,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -158,6 +182,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
+    pub state: StateConfig,
     /// Things that work but should be fixed; logged once at start.
     pub warnings: Vec<String>,
 }
@@ -214,6 +239,71 @@ pub struct UpstreamConfig {
     pub max_request: Duration,
 }
 
+/// Where shared state lives.
+#[derive(Debug)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+}
+
+#[derive(Debug)]
+pub enum StateBackend {
+    /// In this process (one replica).
+    Memory,
+    /// In Redis (several replicas).
+    Redis(RedisConfig),
+}
+
+#[derive(Debug)]
+pub struct RedisConfig {
+    /// May carry a password: never printed.
+    pub url: SecretString,
+    pub key_prefix: String,
+    pub lease_ttl: Duration,
+    pub timeout: Duration,
+}
+
+impl RawState {
+    fn validate(self, env: Env<'_>) -> Result<StateConfig, ConfigError> {
+        let backend = match self.backend.as_str() {
+            "memory" => StateBackend::Memory,
+            "redis" => {
+                let url = env("DEEPSEEK_PROXY_REDIS_URL").unwrap_or(self.redis_url);
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(invalid(
+                        "state.redis_url",
+                        "must be a redis:// or rediss:// URL when state.backend = \"redis\"",
+                    ));
+                }
+                if self.lease_ttl_seconds < 3 {
+                    return Err(invalid(
+                        "state.lease_ttl_seconds",
+                        "must be at least 3 (e.g. 15)",
+                    ));
+                }
+                if self.redis_timeout_ms == 0 {
+                    return Err(invalid(
+                        "state.redis_timeout_ms",
+                        "must be at least 1 (e.g. 500)",
+                    ));
+                }
+                StateBackend::Redis(RedisConfig {
+                    url: SecretString::from(url),
+                    key_prefix: self.key_prefix,
+                    lease_ttl: Duration::from_secs(self.lease_ttl_seconds),
+                    timeout: Duration::from_millis(self.redis_timeout_ms),
+                })
+            }
+            other => {
+                return Err(invalid(
+                    "state.backend",
+                    format!("\"{other}\" is not a backend; use \"memory\" or \"redis\""),
+                ))
+            }
+        };
+        Ok(StateConfig { backend })
+    }
+}
+
 /// Where the process environment is read. Tests pass a closure instead.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -254,6 +344,7 @@ impl RawConfig {
             server: self.server.validate()?,
             auth: self.auth.validate(env, &mut warnings)?,
             upstream: self.deepseek.validate(env)?,
+            state: self.state.validate(env)?,
             warnings,
         })
     }

@@ -55,6 +55,8 @@ pub enum ApiError {
     },
 
     // Ours.
+    /// The shared-state backend (Redis) did not answer: fail closed.
+    StateUnavailable,
     Internal,
 }
 
@@ -114,6 +116,7 @@ impl ApiError {
             Self::UpstreamRejectedKey { .. } => "upstream_auth_failed",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
             Self::UpstreamOverloaded { .. } => "upstream_overloaded",
+            Self::StateUnavailable => "state_unavailable",
             Self::Internal => "internal_error",
         }
     }
@@ -137,7 +140,9 @@ impl ApiError {
             | Self::UpstreamFailed { .. }
             | Self::UpstreamRejectedKey { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::UpstreamOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamOverloaded { .. } | Self::StateUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -186,6 +191,9 @@ impl ApiError {
                 "DeepSeek is rate limiting the gateway's account; retry later".into()
             }
             Self::UpstreamOverloaded { .. } => "DeepSeek is overloaded; retry later".into(),
+            Self::StateUnavailable => {
+                "the gateway's shared state is unavailable; retry shortly".into()
+            }
             Self::Internal => "internal error in the gateway".into(),
         }
     }
@@ -217,7 +225,7 @@ impl IntoResponse for ApiError {
                     ),
                 );
             }
-            Self::TokenBusy => {
+            Self::TokenBusy | Self::StateUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::LoginThrottled { retry_after_secs } => {
@@ -242,3 +250,10 @@ impl IntoResponse for ApiError {
 /// Attached to error responses so the access log can name the error.
 #[derive(Clone, Debug)]
 pub struct ErrorCode(pub &'static str);
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "shared state unavailable; refusing the request");
+        ApiError::StateUnavailable
+    }
+}

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod proxy;
 pub mod routes;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 
 pub use app::App;

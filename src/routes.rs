@@ -21,18 +21,21 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::access_log::{access_log, X_REQUEST_ID};
-use crate::auth::{login, logout, require_token};
+use crate::auth::{login, logout, require_token, require_token_and_slot};
 use crate::error::ApiError;
 use crate::proxy;
 use crate::state::AppState;
 
 pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
-    let auth_required = from_fn_with_state(state.clone(), require_token);
-    let protected = Router::new()
+    // Completions take the token's slot in the same step as the token check.
+    let with_slot = Router::new()
         .route("/chat/completions", post(proxy::chat))
         .route("/v1/chat/completions", post(proxy::chat))
         .route("/beta/chat/completions", post(proxy::beta_chat))
         .route("/beta/completions", post(proxy::beta_completions))
+        .route_layer(from_fn_with_state(state.clone(), require_token_and_slot));
+    let auth_required = from_fn_with_state(state.clone(), require_token);
+    let protected = Router::new()
         .route("/models", get(proxy::models))
         .route("/v1/models", get(proxy::models))
         .route("/auth/logout", post(logout))
@@ -40,9 +43,11 @@ pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
 
     let public = Router::new()
         .route("/auth/login", post(login))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
 
-    let app = protected
+    let app = with_slot
+        .merge(protected)
         .merge(public)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -96,6 +101,14 @@ async fn no_store_for_auth(uri: Uri, mut response: Response) -> Response {
 
 async fn healthz() -> Response {
     (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response()
+}
+
+/// Ready when the shared-state backend answers (always, for memory).
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match state.store.ready().await {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -6,14 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::jwt::JwtKeys;
-use crate::auth::login_cache::LoginCache;
 use crate::auth::password::{Passwords, Stored};
-use crate::auth::revocation::Revocations;
-use crate::auth::throttle::LoginThrottle;
 use crate::client_ip::IpNet;
 use crate::config::Config;
-use crate::limits::Slots;
 use crate::proxy::Upstream;
+use crate::store::{self, Store, StoreSettings};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -41,12 +38,10 @@ impl Account {
 pub struct Inner {
     pub accounts: HashMap<String, Arc<Account>>,
     pub passwords: Passwords,
-    pub throttle: LoginThrottle,
     pub jwt: JwtKeys,
     pub token_ttl: Duration,
-    pub login_cache: LoginCache,
-    pub revocations: Revocations,
-    pub slots: Slots,
+    /// Slots, login cache, revocations, failure counters: memory or Redis.
+    pub store: Arc<dyn Store>,
     pub upstream: Upstream,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
@@ -67,6 +62,13 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, String> {
         let upstream = Upstream::new(&config.upstream)?;
         let auth = config.auth;
+        let store = store::select(
+            &config.state,
+            StoreSettings {
+                login_cache_secs: auth.login_cache.as_secs(),
+                throttle: auth.throttle,
+            },
+        )?;
         let (users, credentials): (Vec<_>, Vec<_>) = auth
             .users
             .into_iter()
@@ -89,12 +91,9 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             accounts,
             passwords,
-            throttle: LoginThrottle::new(auth.throttle),
             jwt: JwtKeys::new(&auth.jwt_secret),
             token_ttl: auth.token_ttl,
-            login_cache: LoginCache::new(auth.login_cache.as_secs()),
-            revocations: Revocations::default(),
-            slots: Slots::default(),
+            store,
             upstream,
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,

@@ -144,10 +144,13 @@ async fn a_flood_of_random_usernames_cannot_grow_memory_without_bound() {
         .iter()
         .map(|r| r.status().as_u16())
         .collect();
-    assert!(statuses.iter().all(|s| *s == 401));
-    let (users, ips) = app.state.throttle.tracked();
-    assert_eq!((users, ips), (300, 1), "every name counted, one client IP");
-    // The cap itself (10,000 by default) is unit-tested in auth::throttle.
+    assert!(
+        statuses.iter().all(|s| *s == 401),
+        "unknown names are counted, not throttled"
+    );
+    // The memory bound itself (10,000 keys per map, oldest evicted) is
+    // unit-tested in auth::throttle; in Redis every counter has a TTL.
+    assert_eq!(app.login("admin", "admin123").await.status(), 200);
 }
 
 #[tokio::test]

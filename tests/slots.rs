@@ -66,7 +66,7 @@ async fn different_tokens_never_wait_on_each_other() {
     let second = app.chat(&b, &chat_body(false)).await;
     assert_eq!(second.status(), 200);
     let _ = second.bytes().await.expect("body");
-    assert_eq!(app.state.slots.in_flight(), 1, "a is still streaming");
+    assert_eq!(app.state.store.in_flight(), 1, "a is still streaming");
     let _ = first.bytes().await.expect("body");
 }
 
@@ -180,7 +180,7 @@ async fn a_refused_request_does_not_free_the_running_ones_slot() {
         assert_eq!(refused.status(), 429);
         assert_eq!(error_code(refused).await, "token_busy");
     }
-    assert_eq!(app.state.slots.in_flight(), 1);
+    assert_eq!(app.state.store.in_flight(), 1);
     let _ = running.bytes().await;
     assert!(app.slots_free_within(SOON).await);
 }

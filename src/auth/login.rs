@@ -44,7 +44,7 @@ pub async fn login(
     let body = read_limited(body, LOGIN_BODY_LIMIT_BYTES, state.body_read_timeout).await?;
     let request = parse(&body)?;
     let username = request.username.as_str();
-    if let Some(retry_after_secs) = state.throttle.check(username, ip, unix_now()) {
+    if let Some(retry_after_secs) = state.store.login_throttled(username, ip).await? {
         tracing::warn!(user = %loggable(&state, username), client = %ip, "login throttled");
         return Err(ApiError::LoginThrottled { retry_after_secs });
     }
@@ -54,24 +54,26 @@ pub async fn login(
         .verify(account.map(|a| &a.password), request.password)
         .await;
     let Some(account) = account.filter(|a| password_ok && !a.disabled) else {
-        state.throttle.record_failure(username, ip, unix_now());
+        state.store.record_login(username, ip, false).await?;
         tracing::info!(user = %loggable(&state, username), client = %ip, "login refused");
         return Err(ApiError::InvalidCredentials);
     };
-    state.throttle.record_success(username);
+    state.store.record_login(username, ip, true).await?;
     log.set_user(username);
 
+    // A fresh token is signed every time (microseconds); the store decides
+    // whether the cached one is handed out instead.
     let now = unix_now();
-    let ttl = state.token_ttl.as_secs();
-    let issued = state.login_cache.get_or_issue(username, now, || {
-        let (token, claims) = state.jwt.issue(&account.username, now, ttl);
-        Issued {
-            token: token.into(),
-            token_id: claims.token_id().unwrap_or_default(),
-            issued_at: claims.iat,
-            exp: claims.exp,
-        }
-    });
+    let (token, claims) = state
+        .jwt
+        .issue(&account.username, now, state.token_ttl.as_secs());
+    let candidate = Issued {
+        token: token.into(),
+        token_id: claims.token_id().unwrap_or_default(),
+        issued_at: claims.iat,
+        exp: claims.exp,
+    };
+    let issued = state.store.login_token(username, candidate).await?;
     let body = LoginResponse {
         token: &issued.token,
         token_type: "Bearer",
@@ -82,12 +84,15 @@ pub async fn login(
 
 /// `POST /auth/logout`: the presented token stops working now, and the next
 /// login gets a new one.
-pub async fn logout(State(state): State<AppState>, token: AuthToken) -> Response {
+pub async fn logout(State(state): State<AppState>, token: AuthToken) -> Result<Response, ApiError> {
+    let AuthToken {
+        claims, token_id, ..
+    } = token;
     state
-        .revocations
-        .revoke(token.token_id, token.claims.exp, unix_now());
-    state.login_cache.forget(&token.claims.sub, token.token_id);
-    Json(serde_json::json!({"revoked": true})).into_response()
+        .store
+        .revoke(&claims.sub, token_id, claims.exp)
+        .await?;
+    Ok(Json(serde_json::json!({"revoked": true})).into_response())
 }
 
 /// Usernames are logged only when they exist: someone who types their

@@ -8,12 +8,13 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::jwt::{unix_now, Claims};
 use crate::access_log::RequestLog;
 use crate::error::ApiError;
 use crate::state::{Account, AppState};
+use crate::store::{Acquired, Lease};
 
 /// The verified claims of the request's bearer token, and its user.
 #[derive(Debug, Clone)]
@@ -24,16 +25,25 @@ pub struct AuthToken {
     pub account: Arc<Account>,
 }
 
+/// For routes that take no slot: a valid token that was not logged out.
 pub async fn require_token(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    match authenticate(&state, req.headers()) {
+    // Checked before awaiting anything: the request body is not `Sync`, so
+    // no borrow of the request may live across an await.
+    let token = authenticate(&state, req.headers());
+    let checked = async {
+        let token = token?;
+        if state.store.is_revoked(token.token_id).await? {
+            return Err(ApiError::InvalidToken);
+        }
+        Ok(token)
+    };
+    match checked.await {
         Ok(token) => {
-            if let Some(log) = req.extensions().get::<RequestLog>() {
-                log.set_user(&token.claims.sub);
-            }
+            note_user(&req, &token);
             req.extensions_mut().insert(token);
             next.run(req).await
         }
@@ -41,13 +51,68 @@ pub async fn require_token(
     }
 }
 
+/// For completion routes: a valid token, and its slot. The revocation check
+/// and the slot are one call to the store (one round trip with Redis); the
+/// [`Lease`] goes into the request for the handler to move into the body.
+pub async fn require_token_and_slot(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let token = authenticate(&state, req.headers());
+    let checked = async {
+        let token = token?;
+        match state.store.acquire(token.token_id).await? {
+            Acquired::Granted(lease) => Ok((token, lease)),
+            Acquired::Busy => Err(ApiError::TokenBusy),
+            Acquired::Revoked => Err(ApiError::InvalidToken),
+        }
+    };
+    match checked.await {
+        Ok((token, lease)) => {
+            note_user(&req, &token);
+            req.extensions_mut().insert(token);
+            req.extensions_mut()
+                .insert(SlotLease(Arc::new(Mutex::new(Some(lease)))));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn note_user(req: &Request, token: &AuthToken) {
+    if let Some(log) = req.extensions().get::<RequestLog>() {
+        log.set_user(&token.claims.sub);
+    }
+}
+
+/// The token's slot, taken by [`require_token_and_slot`]. Extensions must be
+/// `Clone`, hence the shared cell; the handler takes the lease out of it.
+#[derive(Clone)]
+pub struct SlotLease(Arc<Mutex<Option<Lease>>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SlotLease {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .remove::<SlotLease>()
+            .ok_or(ApiError::Internal)
+    }
+}
+
+impl SlotLease {
+    pub fn take(self) -> Option<Lease> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Checks the token itself (signature, claims) and its user. No I/O.
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthToken, ApiError> {
     let token = bearer_token(headers)?;
     let claims = state.jwt.verify(token, unix_now())?;
     let token_id = claims.token_id().ok_or(ApiError::InvalidToken)?;
-    if state.revocations.is_revoked(token_id) {
-        return Err(ApiError::InvalidToken);
-    }
     // A user removed from the config, or disabled, loses access at once.
     let account = state
         .accounts

@@ -19,11 +19,11 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::access_log::{RequestId, RequestLog};
-use crate::auth::AuthToken;
+use crate::auth::{AuthToken, SlotLease};
 use crate::body::read_limited;
 use crate::error::ApiError;
-use crate::limits::SlotGuard;
 use crate::state::AppState;
+use crate::store::Lease;
 use relay::RelayBody;
 pub use upstream::{Route, Upstream};
 
@@ -63,22 +63,33 @@ where
 }
 
 /// `POST /chat/completions` and `POST /v1/chat/completions`.
-pub async fn chat(token: AuthToken, cx: Context, body: Body) -> Result<Response, ApiError> {
-    completion(Route::Chat, token, cx, body).await
+pub async fn chat(
+    token: AuthToken,
+    lease: SlotLease,
+    cx: Context,
+    body: Body,
+) -> Result<Response, ApiError> {
+    completion(Route::Chat, token, lease, cx, body).await
 }
 
 /// `POST /beta/chat/completions` (chat prefix completion).
-pub async fn beta_chat(token: AuthToken, cx: Context, body: Body) -> Result<Response, ApiError> {
-    completion(Route::BetaChat, token, cx, body).await
+pub async fn beta_chat(
+    token: AuthToken,
+    lease: SlotLease,
+    cx: Context,
+    body: Body,
+) -> Result<Response, ApiError> {
+    completion(Route::BetaChat, token, lease, cx, body).await
 }
 
 /// `POST /beta/completions` (FIM completion).
 pub async fn beta_completions(
     token: AuthToken,
+    lease: SlotLease,
     cx: Context,
     body: Body,
 ) -> Result<Response, ApiError> {
-    completion(Route::BetaCompletions, token, cx, body).await
+    completion(Route::BetaCompletions, token, lease, cx, body).await
 }
 
 /// `GET /models` and `GET /v1/models`: authenticated, but no slot taken.
@@ -89,15 +100,13 @@ pub async fn models(_: AuthToken, cx: Context) -> Result<Response, ApiError> {
 async fn completion(
     route: Route,
     token: AuthToken,
+    lease: SlotLease,
     cx: Context,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Taken before the body is read, so a concurrent request is refused at once.
-    let slot = cx
-        .state
-        .slots
-        .try_acquire(token.token_id)
-        .ok_or(ApiError::TokenBusy)?;
+    // The slot was taken before the body is read (by the auth layer), so a
+    // concurrent request is refused at once; from here it is ours to hold.
+    let slot = lease.take().ok_or(ApiError::Internal)?;
     let state = &cx.state;
     let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
     cx.log.set_bytes_in(body.len());
@@ -112,7 +121,7 @@ async fn forward(
     route: Route,
     cx: Context,
     body: Option<Bytes>,
-    slot: Option<SlotGuard>,
+    slot: Option<Lease>,
 ) -> Result<Response, ApiError> {
     let upstream = &cx.state.upstream;
     let started = Instant::now();

@@ -24,7 +24,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::access_log::RequestLog;
 use crate::error::error_json;
-use crate::limits::SlotGuard;
+use crate::store::Lease;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -46,7 +46,7 @@ pin_project! {
         // The last two bytes sent, to close a cut-off event before ours.
         tail: [u8; 2],
         phase: Phase,
-        slot: Option<SlotGuard>,
+        slot: Option<Lease>,
         log: RequestLog,
     }
 }
@@ -57,7 +57,7 @@ impl<S> RelayBody<S> {
         idle_timeout: Duration,
         deadline: Instant,
         is_event_stream: bool,
-        slot: Option<SlotGuard>,
+        slot: Option<Lease>,
         log: RequestLog,
     ) -> Self {
         Self {

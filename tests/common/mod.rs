@@ -209,7 +209,7 @@ impl TestApp {
     /// Waits until no token holds a slot, for at most `within`.
     pub async fn slots_free_within(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
-        while self.state.slots.in_flight() > 0 {
+        while self.state.store.in_flight() > 0 {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }

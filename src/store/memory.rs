@@ -1,0 +1,104 @@
+//! Shared state in this process's memory: the default, for one replica.
+
+use std::net::IpAddr;
+
+use futures_util::future::{ready, BoxFuture, FutureExt};
+
+use super::{Acquired, InFlight, Issued, Lease, Store, StoreResult, StoreSettings};
+use crate::auth::jwt::unix_now;
+use crate::auth::login_cache::LoginCache;
+use crate::auth::revocation::Revocations;
+use crate::auth::throttle::LoginThrottle;
+use crate::limits::Slots;
+
+pub struct MemoryStore {
+    slots: Slots,
+    login_cache: LoginCache,
+    revocations: Revocations,
+    throttle: LoginThrottle,
+    in_flight: InFlight,
+}
+
+impl MemoryStore {
+    pub fn new(settings: StoreSettings) -> Self {
+        Self {
+            slots: Slots::default(),
+            login_cache: LoginCache::new(settings.login_cache_secs),
+            revocations: Revocations::default(),
+            throttle: LoginThrottle::new(settings.throttle),
+            in_flight: InFlight::default(),
+        }
+    }
+
+    fn acquire_now(&self, token_id: u128) -> Acquired {
+        if self.revocations.is_revoked(token_id) {
+            return Acquired::Revoked;
+        }
+        match self.slots.try_acquire(token_id) {
+            Some(guard) => Acquired::Granted(Lease::new(guard, &self.in_flight)),
+            None => Acquired::Busy,
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn acquire(&self, token_id: u128) -> BoxFuture<'_, StoreResult<Acquired>> {
+        ready(Ok(self.acquire_now(token_id))).boxed()
+    }
+
+    fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>> {
+        ready(Ok(self.revocations.is_revoked(token_id))).boxed()
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        user: &'a str,
+        token_id: u128,
+        exp: u64,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.revocations.revoke(token_id, exp, unix_now());
+        self.login_cache.forget(user, token_id);
+        ready(Ok(())).boxed()
+    }
+
+    fn login_token<'a>(
+        &'a self,
+        user: &'a str,
+        candidate: Issued,
+    ) -> BoxFuture<'a, StoreResult<Issued>> {
+        let issued = self
+            .login_cache
+            .get_or_issue(user, unix_now(), || candidate);
+        ready(Ok(issued)).boxed()
+    }
+
+    fn login_throttled<'a>(
+        &'a self,
+        user: &'a str,
+        ip: IpAddr,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
+        ready(Ok(self.throttle.check(user, ip, unix_now()))).boxed()
+    }
+
+    fn record_login<'a>(
+        &'a self,
+        user: &'a str,
+        ip: IpAddr,
+        success: bool,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        if success {
+            self.throttle.record_success(user);
+        } else {
+            self.throttle.record_failure(user, ip, unix_now());
+        }
+        ready(Ok(())).boxed()
+    }
+
+    fn ready(&self) -> BoxFuture<'_, StoreResult<()>> {
+        ready(Ok(())).boxed()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+}

@@ -1,0 +1,146 @@
+//! Shared state: the per-token slot, the login cache, revocations and
+//! login-failure counters.
+//!
+//! One trait, [`Store`], with two implementations and one selector:
+//!
+//! * [`memory::MemoryStore`] (the default) keeps everything in this process.
+//!   Right for one gateway process.
+//! * [`redis::RedisStore`] keeps it in Redis, so N replicas behind a load
+//!   balancer behave as one gateway.
+//!
+//! Both **fail closed**: when the backend cannot answer, the caller gets a
+//! [`StoreError`] (503 `state_unavailable`), never a silent fallback to
+//! per-process state. Memory never fails.
+
+pub mod memory;
+pub mod redis;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+pub use crate::auth::login_cache::Issued;
+use crate::config::{StateBackend, StateConfig};
+
+/// The backend did not answer (in time). Requests that need it get 503.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The answer to "may this token start a request?".
+pub enum Acquired {
+    Granted(Lease),
+    /// Another request with this token is in flight.
+    Busy,
+    /// The token was logged out.
+    Revoked,
+}
+
+/// Holds a token's slot. Dropping it gives the slot back (at once in
+/// memory; with a compare-and-delete in Redis).
+pub struct Lease {
+    _release: Box<dyn Send + Sync>,
+    counter: InFlight,
+}
+
+impl Lease {
+    pub fn new(release: impl Send + Sync + 'static, counter: &InFlight) -> Self {
+        counter.0.fetch_add(1, Ordering::SeqCst);
+        Self {
+            _release: Box::new(release),
+            counter: counter.clone(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.counter.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+/// How many leases this process holds now.
+#[derive(Clone, Default, Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Shared state behind one seam. Every method is one round trip at most.
+pub trait Store: Send + Sync {
+    /// Checks that the token is not revoked and takes its slot, atomically.
+    fn acquire(&self, token_id: u128) -> BoxFuture<'_, StoreResult<Acquired>>;
+
+    /// Whether the token was logged out (for routes that take no slot).
+    fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Revokes a token until `exp`, and drops it from `user`'s login cache.
+    fn revoke<'a>(
+        &'a self,
+        user: &'a str,
+        token_id: u128,
+        exp: u64,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// The user's cached token if it may be reused, else `candidate`, which
+    /// is cached. Atomic: concurrent logins (on any replica) get one token.
+    fn login_token<'a>(
+        &'a self,
+        user: &'a str,
+        candidate: Issued,
+    ) -> BoxFuture<'a, StoreResult<Issued>>;
+
+    /// `Some(seconds)` if logins for `user` or from `ip` are throttled.
+    fn login_throttled<'a>(
+        &'a self,
+        user: &'a str,
+        ip: IpAddr,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>>;
+
+    /// Counts a failed login, or resets the user's count after a success.
+    fn record_login<'a>(
+        &'a self,
+        user: &'a str,
+        ip: IpAddr,
+        success: bool,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Whether the backend answers now (for `/readyz`).
+    fn ready(&self) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Leases held by this process.
+    fn in_flight(&self) -> usize;
+}
+
+/// The one place that picks the backend.
+pub fn select(config: &StateConfig, auth: StoreSettings) -> Result<Arc<dyn Store>, String> {
+    Ok(match &config.backend {
+        StateBackend::Memory => Arc::new(memory::MemoryStore::new(auth)),
+        StateBackend::Redis(redis) => Arc::new(redis::RedisStore::new(redis, auth)?),
+    })
+}
+
+/// What both backends need from `[auth]`.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreSettings {
+    pub login_cache_secs: u64,
+    pub throttle: crate::auth::throttle::Limits,
+}

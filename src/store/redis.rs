@@ -1,0 +1,458 @@
+//! Shared state in Redis, so several replicas behave as one gateway.
+//!
+//! * **Slot = lease.** `SET slot:<jti> <owner> NX PX <ttl>` (in a script
+//!   that first checks the token is not revoked: one round trip), renewed
+//!   every ttl/3 while the request runs, released with a compare-and-delete
+//!   so a replica never frees another's lease. If a replica dies mid-stream,
+//!   its lease expires within `lease_ttl_seconds`.
+//! * **Login cache.** The first replica to log a user in stores its token
+//!   with `SET NX`-like atomicity (a script: return the cached value, or set
+//!   ours); every concurrent login on any replica then gets that token. The
+//!   entry's TTL ends at the window's end or the token's expiry, whichever
+//!   is first, so Redis itself never hands out an expired token. A
+//!   deterministic token per window was rejected: it would make tokens
+//!   predictable from the secret and the clock.
+//! * **Revocations and failure counters** are keys with TTLs (until the
+//!   token's `exp`, one minute, one hour), so no key lives forever.
+//!
+//! Every call is bounded by `redis_timeout_ms`; a slow or absent Redis is a
+//! [`StoreError`] (503 `state_unavailable`). The connection manager
+//! reconnects by itself, so service resumes when Redis returns.
+//!
+//! A lease that cannot be renewed (Redis down mid-stream) does not cut the
+//! stream: the request runs to its end, and the lease may expire meanwhile,
+//! which lets a second request with the token start. Cutting paid streams
+//! because of a state-store outage was judged worse than that brief overlap.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::ConnectionManager;
+use redis::{Client, Script};
+use secrecy::ExposeSecret;
+
+use super::{Acquired, InFlight, Issued, Lease, Store, StoreError, StoreResult, StoreSettings};
+use crate::config::RedisConfig;
+
+const MINUTE_MS: u64 = 60_000;
+const HOUR_MS: u64 = 3_600_000;
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    login: Script,
+    revoke: Script,
+    throttled: Script,
+    failed: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            // KEYS: revoked, slot. ARGV: owner, ttl_ms. -1 revoked, 0 busy, 1 granted.
+            acquire: Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end \
+                 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
+                 return 0",
+            ),
+            renew: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                 return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+            ),
+            release: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                 return redis.call('DEL', KEYS[1]) end return 0",
+            ),
+            // KEYS: login. ARGV: candidate, ttl_ms.
+            login: Script::new(
+                "local v = redis.call('GET', KEYS[1]) if v then return v end \
+                 if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
+                 return ARGV[1]",
+            ),
+            // KEYS: revoked, login. ARGV: ttl_ms, jti.
+            revoke: Script::new(
+                "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) \
+                 local v = redis.call('GET', KEYS[2]) \
+                 if v and string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] then redis.call('DEL', KEYS[2]) end \
+                 return 1",
+            ),
+            // KEYS: user-minute, user-hour, ip-minute. ARGV: their limits. ms to wait, or 0.
+            throttled: Script::new(
+                "local wait = 0 for i = 1, 3 do \
+                 local n = tonumber(redis.call('GET', KEYS[i]) or '0') \
+                 if n >= tonumber(ARGV[i]) then local t = redis.call('PTTL', KEYS[i]) \
+                 if t > wait then wait = t end end end return wait",
+            ),
+            // KEYS: user-minute, user-hour, ip-minute. ARGV: their window lengths in ms.
+            failed: Script::new(
+                "for i = 1, 3 do local n = redis.call('INCR', KEYS[i]) \
+                 if n == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[i]) end end return 1",
+            ),
+        }
+    }
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    lease_ttl: Duration,
+    timeout: Duration,
+    settings: StoreSettings,
+    scripts: std::sync::Arc<Scripts>,
+    in_flight: InFlight,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Usernames are attacker-chosen: long ones are hashed so keys stay small.
+fn user_key(user: &str) -> String {
+    if user.len() <= 64 && user.bytes().all(|b| b.is_ascii_graphic()) {
+        return user.to_owned();
+    }
+    // FNV-1a, 64 bits: stable across processes and versions.
+    let hash = user.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("#{hash:016x}")
+}
+
+impl RedisStore {
+    pub fn new(config: &RedisConfig, settings: StoreSettings) -> Result<Self, String> {
+        let client = Client::open(config.url.expose_secret())
+            .map_err(|e| format!("state.redis_url is not usable: {e}"))?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        // Lazy: the gateway starts (not ready) while Redis is down, and
+        // connects when it comes up.
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+        Ok(Self {
+            conn,
+            prefix: config.key_prefix.clone(),
+            lease_ttl: config.lease_ttl,
+            timeout: config.timeout,
+            settings,
+            scripts: std::sync::Arc::new(Scripts::new()),
+            in_flight: InFlight::default(),
+        })
+    }
+
+    fn key(&self, kind: &str, id: impl std::fmt::Display) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// Runs `script` with a bounded wait; any failure is a [`StoreError`].
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> StoreResult<T> {
+        bounded(self.timeout, self.conn.clone(), script, keys, args).await
+    }
+
+    /// Runs one command with a bounded wait.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError(format!("redis: {e}"))),
+            Err(_) => Err(StoreError(format!(
+                "redis did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    fn throttle_keys(&self, user: &str, ip: IpAddr) -> [String; 3] {
+        let user = user_key(user);
+        [
+            self.key("fail:user:minute", &user),
+            self.key("fail:user:hour", &user),
+            self.key("fail:ip", ip),
+        ]
+    }
+}
+
+async fn bounded<T: redis::FromRedisValue>(
+    timeout: Duration,
+    mut conn: ConnectionManager,
+    script: &Script,
+    keys: &[&str],
+    args: &[&str],
+) -> StoreResult<T> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys {
+        invocation.key(*key);
+    }
+    for arg in args {
+        invocation.arg(*arg);
+    }
+    match tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(StoreError(format!("redis: {e}"))),
+        Err(_) => Err(StoreError(format!(
+            "redis did not answer within {timeout:?}"
+        ))),
+    }
+}
+
+/// A Redis lease: renewed in the background, released on drop.
+struct RedisLease {
+    renewal: tokio::task::JoinHandle<()>,
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl RedisStore {
+    fn lease(&self, slot: String, owner: String) -> RedisLease {
+        let ttl_ms = self.lease_ttl.as_millis().to_string();
+        let every = self.lease_ttl / 3;
+        let (conn, scripts, timeout) = (self.conn.clone(), self.scripts.clone(), self.timeout);
+        let (renew_slot, renew_owner) = (slot.clone(), owner.clone());
+        let renewal = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let args = [renew_owner.as_str(), ttl_ms.as_str()];
+                match bounded::<i64>(timeout, conn.clone(), &scripts.renew, &[&renew_slot], &args)
+                    .await
+                {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        tracing::warn!(
+                            "a lease expired before it could be renewed; the request runs on"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease renewal failed; the request runs on")
+                    }
+                }
+            }
+        });
+        let (conn, scripts) = (self.conn.clone(), self.scripts.clone());
+        let release = move || {
+            // Drop cannot wait: release in the background, bounded like every call.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let args = [owner.as_str()];
+                    if let Err(e) =
+                        bounded::<i64>(timeout, conn, &scripts.release, &[&slot], &args).await
+                    {
+                        tracing::warn!(error = %e, "lease release failed; it expires by its TTL");
+                    }
+                });
+            }
+        };
+        RedisLease {
+            renewal,
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn acquire(&self, token_id: u128) -> BoxFuture<'_, StoreResult<Acquired>> {
+        async move {
+            let revoked = self.key("revoked", format_args!("{token_id:032x}"));
+            let slot = self.key("slot", format_args!("{token_id:032x}"));
+            let owner = uuid::Uuid::new_v4().simple().to_string();
+            let ttl_ms = self.lease_ttl.as_millis().to_string();
+            let granted: i64 = self
+                .run(
+                    &self.scripts.acquire,
+                    &[&revoked, &slot],
+                    &[&owner, &ttl_ms],
+                )
+                .await?;
+            Ok(match granted {
+                1 => Acquired::Granted(Lease::new(self.lease(slot, owner), &self.in_flight)),
+                -1 => Acquired::Revoked,
+                _ => Acquired::Busy,
+            })
+        }
+        .boxed()
+    }
+
+    fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>> {
+        async move {
+            let key = self.key("revoked", format_args!("{token_id:032x}"));
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(&key);
+            Ok(self.query::<i64>(exists).await? > 0)
+        }
+        .boxed()
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        user: &'a str,
+        token_id: u128,
+        exp: u64,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let jti = format!("{token_id:032x}");
+            let revoked = self.key("revoked", &jti);
+            let login = self.key("login", user_key(user));
+            let ttl_ms = (exp * 1000).saturating_sub(now_ms()).max(1).to_string();
+            self.run::<i64>(&self.scripts.revoke, &[&revoked, &login], &[&ttl_ms, &jti])
+                .await
+                .map(drop)
+        }
+        .boxed()
+    }
+
+    fn login_token<'a>(
+        &'a self,
+        user: &'a str,
+        candidate: Issued,
+    ) -> BoxFuture<'a, StoreResult<Issued>> {
+        async move {
+            let key = self.key("login", user_key(user));
+            let window_end_ms = (candidate.issued_at + self.settings.login_cache_secs) * 1000;
+            let ttl_ms = window_end_ms
+                .min(candidate.exp * 1000)
+                .saturating_sub(now_ms());
+            let value = encode(&candidate);
+            let ttl = ttl_ms.to_string();
+            let stored: String = self
+                .run(&self.scripts.login, &[&key], &[&value, &ttl])
+                .await?;
+            // A value that does not parse, or a token already dead, is never
+            // handed out: the candidate is returned instead.
+            Ok(decode(&stored)
+                .filter(|cached| cached.exp > crate::auth::jwt::unix_now())
+                .unwrap_or(candidate))
+        }
+        .boxed()
+    }
+
+    fn login_throttled<'a>(
+        &'a self,
+        user: &'a str,
+        ip: IpAddr,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
+        async move {
+            let keys = self.throttle_keys(user, ip);
+            let l = self.settings.throttle;
+            let limits = [
+                l.per_user_per_minute.to_string(),
+                l.per_user_per_hour.to_string(),
+                l.per_ip_per_minute.to_string(),
+            ];
+            let keys = [keys[0].as_str(), keys[1].as_str(), keys[2].as_str()];
+            let args = [limits[0].as_str(), limits[1].as_str(), limits[2].as_str()];
+            let wait_ms: i64 = self.run(&self.scripts.throttled, &keys, &args).await?;
+            Ok((wait_ms > 0).then(|| (wait_ms as u64).div_ceil(1000)))
+        }
+        .boxed()
+    }
+
+    fn record_login<'a>(
+        &'a self,
+        user: &'a str,
+        ip: IpAddr,
+        success: bool,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let keys = self.throttle_keys(user, ip);
+            if success {
+                let mut del = redis::cmd("DEL");
+                del.arg(&keys[0]);
+                return self.query::<i64>(del).await.map(drop);
+            }
+            let keys = [keys[0].as_str(), keys[1].as_str(), keys[2].as_str()];
+            let windows = [
+                MINUTE_MS.to_string(),
+                HOUR_MS.to_string(),
+                MINUTE_MS.to_string(),
+            ];
+            let args = [
+                windows[0].as_str(),
+                windows[1].as_str(),
+                windows[2].as_str(),
+            ];
+            self.run::<i64>(&self.scripts.failed, &keys, &args)
+                .await
+                .map(drop)
+        }
+        .boxed()
+    }
+
+    fn ready(&self) -> BoxFuture<'_, StoreResult<()>> {
+        async move { self.query::<String>(redis::cmd("PING")).await.map(drop) }.boxed()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+}
+
+/// `jti|iat|exp|token`: the jti first, so a revoke can match it cheaply.
+fn encode(issued: &Issued) -> String {
+    format!(
+        "{:032x}|{}|{}|{}",
+        issued.token_id, issued.issued_at, issued.exp, issued.token
+    )
+}
+
+fn decode(value: &str) -> Option<Issued> {
+    let mut parts = value.splitn(4, '|');
+    let token_id = u128::from_str_radix(parts.next()?, 16).ok()?;
+    let issued_at = parts.next()?.parse().ok()?;
+    let exp = parts.next()?.parse().ok()?;
+    let token = parts.next()?;
+    Some(Issued {
+        token: token.into(),
+        token_id,
+        issued_at,
+        exp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_logins_round_trip_through_their_encoding() {
+        let issued = Issued {
+            token: "a.b.c".into(),
+            token_id: 0xabc,
+            issued_at: 10,
+            exp: 20,
+        };
+        let back = decode(&encode(&issued)).expect("decodes");
+        assert_eq!((back.token_id, back.issued_at, back.exp), (0xabc, 10, 20));
+        assert_eq!(&*back.token, "a.b.c");
+        assert!(decode("garbage").is_none());
+    }
+
+    #[test]
+    fn long_or_odd_usernames_get_short_stable_keys() {
+        assert_eq!(user_key("admin"), "admin");
+        let long = "x".repeat(10_000);
+        assert_eq!(user_key(&long), user_key(&long));
+        assert!(user_key(&long).len() <= 17);
+        assert_ne!(user_key("a b"), "a b");
+    }
+}
