@@ -94,7 +94,7 @@ pub async fn beta_completions(
 
 /// `GET /models` and `GET /v1/models`: authenticated, but no slot taken.
 pub async fn models(_: AuthToken, cx: Context) -> Result<Response, ApiError> {
-    forward(Route::Models, cx, None, None).await
+    forward(Route::Models, &cx, None, &mut None).await
 }
 
 async fn completion(
@@ -106,22 +106,33 @@ async fn completion(
 ) -> Result<Response, ApiError> {
     // The slot was taken before the body is read (by the auth layer), so a
     // concurrent request is refused at once; from here it is ours to hold.
-    let slot = lease.take().ok_or(ApiError::Internal)?;
-    let state = &cx.state;
-    let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
-    cx.log.set_bytes_in(body.len());
-    let checked = check_body(route, &body)?;
-    if !token.account.may_use(checked.model.as_deref()) {
-        return Err(ApiError::ModelNotAllowed);
+    let mut slot = Some(lease.take().ok_or(ApiError::Internal)?);
+    let result = async {
+        let state = &cx.state;
+        let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
+        cx.log.set_bytes_in(body.len());
+        let checked = check_body(route, &body)?;
+        if !token.account.may_use(checked.model.as_deref()) {
+            return Err(ApiError::ModelNotAllowed);
+        }
+        forward(route, &cx, Some(body), &mut slot).await
     }
-    forward(route, cx, Some(body), Some(slot)).await
+    .await;
+    // An error answer goes out only once the slot is free, so a client that
+    // retries at once is not refused by its own previous request.
+    if let Some(lease) = slot.take() {
+        lease.release().await;
+    }
+    result
 }
 
+/// Sends the request and relays the answer. The slot (if any) moves into
+/// the response body only once there is a body to relay.
 async fn forward(
     route: Route,
-    cx: Context,
+    cx: &Context,
     body: Option<Bytes>,
-    slot: Option<Lease>,
+    slot: &mut Option<Lease>,
 ) -> Result<Response, ApiError> {
     let upstream = &cx.state.upstream;
     let started = Instant::now();
@@ -138,8 +149,8 @@ async fn forward(
         upstream.timeout,
         deadline,
         is_event_stream,
-        slot,
-        cx.log,
+        slot.take(),
+        cx.log.clone(),
     );
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = status;

@@ -13,10 +13,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use http_body::Frame;
 use pin_project_lite::pin_project;
@@ -26,9 +27,15 @@ use crate::access_log::RequestLog;
 use crate::error::error_json;
 use crate::store::Lease;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Streaming,
+    /// The upstream is done: give the slot back, then send `then` (the error
+    /// event, if any) and end. The client sees the end only once the slot is
+    /// free, so its next request never races the release.
+    Releasing {
+        then: Option<Bytes>,
+    },
     Done,
 }
 
@@ -47,6 +54,7 @@ pin_project! {
         tail: [u8; 2],
         phase: Phase,
         slot: Option<Lease>,
+        releasing: Option<BoxFuture<'static, ()>>,
         log: RequestLog,
     }
 }
@@ -69,6 +77,7 @@ impl<S> RelayBody<S> {
             tail: *b"\n\n",
             phase: Phase::Streaming,
             slot,
+            releasing: None,
             log,
         }
     }
@@ -115,13 +124,26 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let mut this = self.project();
-        if *this.phase == Phase::Done {
-            return Poll::Ready(None);
-        }
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            return fail(this, Failure::HardCap);
-        }
         loop {
+            match this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Releasing { then } => {
+                    if let Some(release) = this.releasing.as_mut() {
+                        ready!(release.as_mut().poll(cx));
+                        *this.releasing = None;
+                    }
+                    let then = then.take();
+                    *this.phase = Phase::Done;
+                    return Poll::Ready(then.map(|event| Ok(Frame::data(event))));
+                }
+                Phase::Streaming => {}
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                if let Some(abort) = fail(&mut this, Failure::HardCap) {
+                    return abort;
+                }
+                continue;
+            }
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) if bytes.is_empty() => continue,
                 Poll::Ready(Some(Ok(bytes))) => {
@@ -132,18 +154,19 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream body failed");
-                    return fail(this, Failure::Reset);
+                    if let Some(abort) = fail(&mut this, Failure::Reset) {
+                        return abort;
+                    }
                 }
-                Poll::Ready(None) => {
-                    *this.phase = Phase::Done;
-                    this.slot.take();
-                    return Poll::Ready(None);
-                }
+                Poll::Ready(None) => release_then(&mut this, None),
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {
-                        return fail(this, Failure::Idle);
+                        if let Some(abort) = fail(&mut this, Failure::Idle) {
+                            return abort;
+                        }
+                    } else {
+                        return Poll::Pending;
                     }
-                    return Poll::Pending;
                 }
             }
         }
@@ -162,16 +185,26 @@ fn remember_tail(tail: &mut [u8; 2], bytes: &[u8]) {
     }
 }
 
-/// Ends the relay after a failure: frees the slot, records the outcome, and
-/// either appends the error event (event streams) or aborts (other bodies).
-fn fail<S>(this: Projection<'_, S>, failure: Failure) -> Polled {
+/// Starts giving the slot back; the body ends (after `then`) once it is free.
+fn release_then<S>(this: &mut Projection<'_, S>, then: Option<Bytes>) {
+    if let Some(lease) = this.slot.take() {
+        *this.releasing = Some(lease.release());
+    }
+    *this.phase = Phase::Releasing { then };
+}
+
+/// Ends the relay after a failure: records the outcome, then either appends
+/// the error event after the slot is free (event streams), or aborts at once
+/// (other bodies; the slot is then freed in the background) by returning the
+/// error frame to hand to hyper.
+fn fail<S>(this: &mut Projection<'_, S>, failure: Failure) -> Option<Polled> {
     let (outcome, code, message) = failure.describe();
-    *this.phase = Phase::Done;
-    this.slot.take();
     this.log.set_outcome(outcome);
     tracing::warn!(code, "upstream response ended early");
     if !*this.is_event_stream {
-        return Poll::Ready(Some(Err(std::io::Error::other(message))));
+        *this.phase = Phase::Done;
+        this.slot.take();
+        return Some(Poll::Ready(Some(Err(std::io::Error::other(message)))));
     }
     // Close whatever event the upstream left half-written, then add ours.
     let close: &[u8] = match *this.tail {
@@ -184,7 +217,8 @@ fn fail<S>(this: Projection<'_, S>, failure: Failure) -> Polled {
     event.extend_from_slice(b"data: ");
     event.extend_from_slice(&error_json(message, "api_error", code));
     event.extend_from_slice(b"\n\n");
-    Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+    release_then(this, Some(Bytes::from(event)));
+    None
 }
 
 #[cfg(test)]

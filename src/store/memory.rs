@@ -4,12 +4,20 @@ use std::net::IpAddr;
 
 use futures_util::future::{ready, BoxFuture, FutureExt};
 
-use super::{Acquired, InFlight, Issued, Lease, Store, StoreResult, StoreSettings};
+use super::{Acquired, InFlight, Issued, Lease, Release, Store, StoreResult, StoreSettings};
 use crate::auth::jwt::unix_now;
 use crate::auth::login_cache::LoginCache;
 use crate::auth::revocation::Revocations;
 use crate::auth::throttle::LoginThrottle;
-use crate::limits::Slots;
+use crate::limits::{SlotGuard, Slots};
+
+impl Release for SlotGuard {
+    /// Frees the slot now; nothing is left to wait for.
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        drop(self);
+        ready(()).boxed()
+    }
+}
 
 pub struct MemoryStore {
     slots: Slots,

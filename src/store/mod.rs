@@ -45,19 +45,35 @@ pub enum Acquired {
     Revoked,
 }
 
-/// Holds a token's slot. Dropping it gives the slot back (at once in
-/// memory; with a compare-and-delete in Redis).
+/// Gives a slot back. The work may be done by the call itself (memory) or
+/// by the returned future (a Redis round trip).
+pub trait Release: Send + Sync {
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Holds a token's slot. [`Lease::release`] gives it back and resolves once
+/// the slot is free, so a response can end only after its slot is free and
+/// a client's next request never races the release. Dropping a lease (a
+/// client that vanished, a panic) releases it in the background.
 pub struct Lease {
-    _release: Box<dyn Send + Sync>,
+    release: Option<Box<dyn Release>>,
     counter: InFlight,
 }
 
 impl Lease {
-    pub fn new(release: impl Send + Sync + 'static, counter: &InFlight) -> Self {
+    pub fn new(release: impl Release + 'static, counter: &InFlight) -> Self {
         counter.0.fetch_add(1, Ordering::SeqCst);
         Self {
-            _release: Box::new(release),
+            release: Some(Box::new(release)),
             counter: counter.clone(),
+        }
+    }
+
+    /// Gives the slot back; the future resolves when it is free.
+    pub fn release(mut self) -> BoxFuture<'static, ()> {
+        match self.release.take() {
+            Some(release) => release.release(),
+            None => Box::pin(std::future::ready(())),
         }
     }
 }
@@ -65,6 +81,13 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.counter.0.fetch_sub(1, Ordering::SeqCst);
+        if let Some(release) = self.release.take() {
+            let done = release.release();
+            // Drop cannot wait: finish in the background (bounded there).
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(done);
+            }
+        }
     }
 }
 

@@ -32,7 +32,9 @@ use redis::aio::ConnectionManager;
 use redis::{Client, Script};
 use secrecy::ExposeSecret;
 
-use super::{Acquired, InFlight, Issued, Lease, Store, StoreError, StoreResult, StoreSettings};
+use super::{
+    Acquired, InFlight, Issued, Lease, Release, Store, StoreError, StoreResult, StoreSettings,
+};
 use crate::config::RedisConfig;
 
 const MINUTE_MS: u64 = 60_000;
@@ -207,18 +209,29 @@ async fn bounded<T: redis::FromRedisValue>(
     }
 }
 
-/// A Redis lease: renewed in the background, released on drop.
+/// A Redis lease: renewed in the background until released.
 struct RedisLease {
     renewal: tokio::task::JoinHandle<()>,
-    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+    conn: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+    timeout: Duration,
+    slot: String,
+    owner: String,
 }
 
-impl Drop for RedisLease {
-    fn drop(&mut self) {
+impl Release for RedisLease {
+    /// Stops the renewal and deletes the key if it is still ours.
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
         self.renewal.abort();
-        if let Some(release) = self.release.take() {
-            release();
+        async move {
+            let (keys, args) = ([self.slot.as_str()], [self.owner.as_str()]);
+            let release = &self.scripts.release;
+            let released = bounded::<i64>(self.timeout, self.conn.clone(), release, &keys, &args);
+            if let Err(e) = released.await {
+                tracing::warn!(error = %e, "lease release failed; it expires by its TTL");
+            }
         }
+        .boxed()
     }
 }
 
@@ -249,23 +262,13 @@ impl RedisStore {
                 }
             }
         });
-        let (conn, scripts) = (self.conn.clone(), self.scripts.clone());
-        let release = move || {
-            // Drop cannot wait: release in the background, bounded like every call.
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let args = [owner.as_str()];
-                    if let Err(e) =
-                        bounded::<i64>(timeout, conn, &scripts.release, &[&slot], &args).await
-                    {
-                        tracing::warn!(error = %e, "lease release failed; it expires by its TTL");
-                    }
-                });
-            }
-        };
         RedisLease {
             renewal,
-            release: Some(Box::new(release)),
+            conn: self.conn.clone(),
+            scripts: self.scripts.clone(),
+            timeout,
+            slot,
+            owner,
         }
     }
 }

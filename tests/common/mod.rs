@@ -3,6 +3,8 @@
 //! JWT secret, so tests run in parallel without sharing anything.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,6 +36,8 @@ pub struct Settings {
     pub users: Option<String>,
     /// A fixed JWT secret (default: random per app), to share tokens between apps.
     pub jwt_secret: Option<String>,
+    /// Lines for `[state]`, e.g. `backend = "redis"`.
+    pub state: String,
 }
 
 /// The default users, as TOML.
@@ -61,6 +65,7 @@ impl Default for Settings {
             auth_extra: String::new(),
             users: None,
             jwt_secret: None,
+            state: String::new(),
         }
     }
 }
@@ -104,6 +109,9 @@ api_key = "{api_key}"
 base_url = "{base_url}"
 timeout_seconds = {timeout}
 max_request_seconds = {max_request}
+
+[state]
+{state}
 "#,
         max_body = s.max_body_bytes,
         grace = s.shutdown_grace_seconds,
@@ -114,6 +122,7 @@ max_request_seconds = {max_request}
         server_extra = s.server_extra,
         auth_extra = s.auth_extra,
         users = s.users.as_deref().unwrap_or(DEFAULT_USERS),
+        state = s.state,
     )
 }
 
