@@ -1,0 +1,239 @@
+//! Model-based test of the per-token slot: random sequences of operations
+//! run against the real store (Redis, and memory) and against a model that
+//! is obviously right; every answer must agree.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::TestRedis;
+use deepseek_proxy::auth::throttle::Limits;
+use deepseek_proxy::config::RedisConfig;
+use deepseek_proxy::store::memory::MemoryStore;
+use deepseek_proxy::store::redis::RedisStore;
+use deepseek_proxy::store::{Acquired, Lease, Store, StoreSettings};
+use proptest::prelude::*;
+use secrecy::SecretString;
+
+const TOKENS: u128 = 3;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire(u128),
+    /// Give the slot back and wait for it (the normal end of a response).
+    Release(u128),
+    /// Drop the lease (a client that vanished): freed in the background.
+    Drop(u128),
+    Revoke(u128),
+    /// Another replica holds the key now (ours expired and it took it).
+    Steal(u128),
+    /// The other replica's lease expires.
+    Expire(u128),
+}
+
+fn op(redis: bool) -> impl Strategy<Value = Op> {
+    let t = 0..TOKENS;
+    let common = prop_oneof![
+        4 => t.clone().prop_map(Op::Acquire),
+        2 => t.clone().prop_map(Op::Release),
+        2 => t.clone().prop_map(Op::Drop),
+        1 => t.clone().prop_map(Op::Revoke),
+    ];
+    if redis {
+        prop_oneof![
+            9 => common,
+            1 => t.clone().prop_map(Op::Steal),
+            1 => t.prop_map(Op::Expire),
+        ]
+        .boxed()
+    } else {
+        common.boxed()
+    }
+}
+
+#[derive(Default)]
+struct Model {
+    ours: HashSet<u128>,
+    stolen: HashSet<u128>,
+    revoked: HashSet<u128>,
+}
+
+impl Model {
+    fn acquire(&mut self, t: u128) -> &'static str {
+        if self.revoked.contains(&t) {
+            "revoked"
+        } else if self.ours.contains(&t) || self.stolen.contains(&t) {
+            "busy"
+        } else {
+            self.ours.insert(t);
+            "granted"
+        }
+    }
+}
+
+fn settings() -> StoreSettings {
+    StoreSettings {
+        login_cache_secs: 60,
+        throttle: Limits::default(),
+    }
+}
+
+struct Harness {
+    store: Arc<dyn Store>,
+    redis: Option<(TestRedis, String)>,
+}
+
+impl Harness {
+    fn slot_key(&self, t: u128) -> Option<String> {
+        self.redis
+            .as_ref()
+            .map(|(r, _)| format!("{}slot:{t:032x}", r.prefix))
+    }
+
+    async fn key_value(&self, t: u128) -> Option<String> {
+        let (redis, _) = self.redis.as_ref()?;
+        let mut conn = redis.connection().await.expect("conn");
+        redis::cmd("GET")
+            .arg(self.slot_key(t))
+            .query_async::<Option<String>>(&mut conn)
+            .await
+            .expect("get")
+    }
+
+    async fn set_key(&self, t: u128, value: Option<&str>) {
+        let Some((redis, _)) = self.redis.as_ref() else { return };
+        let mut conn = redis.connection().await.expect("conn");
+        let cmd = match value {
+            Some(v) => {
+                let mut c = redis::cmd("SET");
+                c.arg(self.slot_key(t)).arg(v).arg("PX").arg(60_000);
+                c
+            }
+            None => {
+                let mut c = redis::cmd("DEL");
+                c.arg(self.slot_key(t));
+                c
+            }
+        };
+        let _: () = cmd.query_async(&mut conn).await.expect("set");
+    }
+}
+
+async fn run(harness: Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut model = Model::default();
+    let mut leases: HashMap<u128, Lease> = HashMap::new();
+    for op in ops {
+        match op {
+            Op::Acquire(t) => {
+                let got = match harness.store.acquire(t).await.expect("store answers") {
+                    Acquired::Granted(lease) => {
+                        leases.insert(t, lease);
+                        "granted"
+                    }
+                    Acquired::Busy => "busy",
+                    Acquired::Revoked => "revoked",
+                };
+                prop_assert_eq!(got, model.acquire(t), "acquire {}", t);
+            }
+            Op::Release(t) => {
+                if let Some(lease) = leases.remove(&t) {
+                    lease.release().await;
+                    model.ours.remove(&t);
+                }
+            }
+            Op::Drop(t) => {
+                if let Some(lease) = leases.remove(&t) {
+                    drop(lease);
+                    model.ours.remove(&t);
+                    // The background release must land (and only on our key).
+                    if !model.stolen.contains(&t) {
+                        for _ in 0..100 {
+                            if harness.key_value(t).await.is_none() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            Op::Revoke(t) => {
+                let exp = deepseek_proxy::auth::jwt::unix_now() + 60;
+                harness.store.revoke("user", t, exp).await.expect("revoke");
+                model.revoked.insert(t);
+            }
+            Op::Steal(t) => {
+                harness.set_key(t, Some("another-replica")).await;
+                model.stolen.insert(t);
+                // Our lease, if any, is now someone else's key: releasing it
+                // must leave theirs alone, and it no longer counts as ours.
+                if let Some(lease) = leases.remove(&t) {
+                    lease.release().await;
+                }
+                model.ours.remove(&t);
+            }
+            Op::Expire(t) => {
+                if model.stolen.remove(&t) {
+                    harness.set_key(t, None).await;
+                }
+            }
+        }
+        for t in 0..TOKENS {
+            if model.stolen.contains(&t) {
+                let value = harness.key_value(t).await;
+                prop_assert_eq!(value.as_deref(), Some("another-replica"));
+            }
+        }
+    }
+    for (_, lease) in leases {
+        lease.release().await;
+    }
+    if let Some((redis, _)) = &harness.redis {
+        for t in model.stolen.iter() {
+            harness.set_key(*t, None).await;
+        }
+        prop_assert!(redis.keys("slot:*").await.is_empty(), "no lease left behind");
+    }
+    Ok(())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_redis_lease_store_behaves_like_the_model(ops in prop::collection::vec(op(true), 1..40)) {
+        let rt = runtime();
+        rt.block_on(async {
+            let Some(redis) = TestRedis::start().await else { return Ok(()) };
+            let config = RedisConfig {
+                url: SecretString::from(redis.url.clone()),
+                key_prefix: redis.prefix.clone(),
+                lease_ttl: Duration::from_secs(15),
+                timeout: Duration::from_millis(500),
+            };
+            let store: Arc<dyn Store> = Arc::new(RedisStore::new(&config, settings()).expect("store"));
+            let prefix = redis.prefix.clone();
+            run(Harness { store, redis: Some((redis, prefix)) }, ops).await
+        })?;
+    }
+
+    #[test]
+    fn the_memory_store_behaves_like_the_model(ops in prop::collection::vec(op(false), 1..60)) {
+        let rt = runtime();
+        rt.block_on(async {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new(settings()));
+            run(Harness { store, redis: None }, ops).await
+        })?;
+    }
+}
