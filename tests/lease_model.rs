@@ -103,7 +103,9 @@ impl Harness {
     }
 
     async fn set_key(&self, t: u128, value: Option<&str>) {
-        let Some((redis, _)) = self.redis.as_ref() else { return };
+        let Some((redis, _)) = self.redis.as_ref() else {
+            return;
+        };
         let mut conn = redis.connection().await.expect("conn");
         let cmd = match value {
             Some(v) => {
@@ -195,7 +197,10 @@ async fn run(harness: Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
         for t in model.stolen.iter() {
             harness.set_key(*t, None).await;
         }
-        prop_assert!(redis.keys("slot:*").await.is_empty(), "no lease left behind");
+        prop_assert!(
+            redis.keys("slot:*").await.is_empty(),
+            "no lease left behind"
+        );
     }
     Ok(())
 }

@@ -1,0 +1,370 @@
+//! The processes under test: the fake DeepSeek, the gateway with memory
+//! state, and (when `redis-server` is on PATH) a Redis and a gateway on it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::load::Target;
+
+const KEY: &str = "sk-bench-not-a-real-key";
+
+pub struct Gateway {
+    pub name: String,
+    pub target: Target,
+    pub tokens: Vec<String>,
+    pub pid: u32,
+}
+
+pub struct Procs {
+    fake: Child,
+    fake_base: String,
+    gateways: Vec<(Child, Gateway)>,
+    extra: Vec<Child>,
+    redis: Option<Child>,
+    dir: PathBuf,
+    bin: PathBuf,
+    hashed: String,
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// Release binaries; smoke runs use the debug profile (their numbers mean
+/// nothing, and CI then saves a long optimised build).
+fn profile_dir(smoke: bool) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    PathBuf::from(target).join(if smoke { "debug" } else { "release" })
+}
+
+async fn build(smoke: bool) -> Result<(), String> {
+    let mut args = vec![
+        "build",
+        "--quiet",
+        "-p",
+        "deepseek_proxy",
+        "-p",
+        "fake_deepseek",
+    ];
+    if !smoke {
+        args.push("--release");
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(&args)
+        .status()
+        .await
+        .map_err(|e| format!("cargo build: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| "cargo build --release failed".to_owned())
+}
+
+/// Spawns `cmd` and waits for a stdout line containing `needle`.
+async fn spawn_until(mut cmd: Command, needle: &str) -> Result<(Child, String), String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| format!("no {needle:?} line"))?;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, found))
+}
+
+async fn hash_password(bin: &PathBuf, password: &str) -> Result<String, String> {
+    let mut child = Command::new(bin)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stdin = child.stdin.take().ok_or("stdin")?;
+    stdin
+        .write_all(password.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(stdin);
+    let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn config(users: usize, hashed: &str, fake_base: &str, state: &str) -> String {
+    let mut text = format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = 0\nmax_connections = 50000\n\
+         [auth]\njwt_secret = \"{}\"\nlogin_max_failures_per_ip_per_minute = 1000000\n",
+        "b".repeat(40)
+    );
+    for i in 0..users {
+        text.push_str(&format!(
+            "[[auth.users]]\nusername = \"user{i}\"\npassword = \"pw{i}\"\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[[auth.users]]\nusername = \"hashed\"\npassword_hash = \"{hashed}\"\n"
+    ));
+    text.push_str(&format!(
+        "[deepseek]\napi_key = \"{KEY}\"\nbase_url = \"{fake_base}\"\ntimeout_seconds = 60\n[state]\n{state}\n"
+    ));
+    text
+}
+
+impl Procs {
+    pub async fn start(users: usize, smoke: bool) -> Result<Procs, String> {
+        build(smoke).await?;
+        let bin = profile_dir(smoke).join("deepseek_proxy");
+        let fake_bin = profile_dir(smoke).join("fake_deepseek");
+        let dir = std::env::temp_dir().join(format!("deepseek_proxy_bench_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+
+        let mut fake_cmd = Command::new(&fake_bin);
+        fake_cmd.args([
+            "--addr",
+            &format!("127.0.0.1:{}", free_port()?),
+            "--key",
+            KEY,
+        ]);
+        let (fake, line) = spawn_until(fake_cmd, "listening on").await?;
+        let fake_base = line.rsplit(' ').next().unwrap_or_default().to_owned();
+
+        let hashed = hash_password(&bin, "hashed-password").await?;
+        let mut states = vec![("memory".to_owned(), "backend = \"memory\"".to_owned())];
+        let mut redis = None;
+        if let Ok(port) = free_port() {
+            let spawned = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn();
+            match spawned {
+                Ok(child) => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    redis = Some(child);
+                    let url = format!("redis://127.0.0.1:{port}/");
+                    states.push((
+                        "redis".into(),
+                        format!("backend = \"redis\"\nredis_url = \"{url}\""),
+                    ));
+                }
+                Err(_) => eprintln!("bench: redis-server not on PATH; the Redis column is skipped"),
+            }
+        }
+
+        let mut gateways = Vec::new();
+        for (name, state) in states {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, config(users, &hashed, &fake_base, &state))
+                .map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
+            let (child, line) = spawn_until(cmd, "listening on").await?;
+            let base = line.rsplit(' ').next().unwrap_or_default().to_owned();
+            let pid = child.id().ok_or("gateway pid")?;
+            let target = Target::new(&base, "/v1/chat/completions", "/auth/login");
+            let tokens =
+                crate::load::login_all(&target, users, if smoke { 16 } else { 64 }).await?;
+            gateways.push((
+                child,
+                Gateway {
+                    name,
+                    target,
+                    tokens,
+                    pid,
+                },
+            ));
+        }
+        Ok(Procs {
+            fake,
+            fake_base,
+            gateways,
+            extra: Vec::new(),
+            redis,
+            dir,
+            bin,
+            hashed,
+        })
+    }
+
+    /// The fake itself, with the real key: the baseline.
+    pub fn direct(&self) -> Target {
+        let base = self.fake_base.trim_end_matches("/v1").to_owned();
+        let mut target = Target::new(&base, "/v1/chat/completions", "/auth/login");
+        target.fixed_bearer = Some(KEY.to_owned());
+        target
+    }
+
+    pub fn gateways(&self) -> Vec<Gateway> {
+        self.gateways
+            .iter()
+            .map(|(_, g)| Gateway {
+                name: g.name.clone(),
+                target: g.target.clone(),
+                tokens: g.tokens.clone(),
+                pid: g.pid,
+            })
+            .collect()
+    }
+
+    /// Gateways for the login measurements: (label, target, user, password).
+    pub async fn login_gateways(
+        &mut self,
+    ) -> Result<Vec<(String, Target, &'static str, &'static str)>, String> {
+        let plain = "[[auth.users]]\nusername = \"user0\"\npassword = \"pw0\"\n".to_owned();
+        let hashed = format!(
+            "[[auth.users]]\nusername = \"hashed\"\npassword_hash = \"{}\"\n",
+            self.hashed
+        );
+        let mut out = Vec::new();
+        for (label, users, cache, user, password) in [
+            ("plaintext user, cache hit", &plain, 60, "user0", "pw0"),
+            ("plaintext user, cache miss", &plain, 0, "user0", "pw0"),
+            (
+                "argon2 user, cache hit",
+                &hashed,
+                60,
+                "hashed",
+                "hashed-password",
+            ),
+            (
+                "argon2 user, cache miss",
+                &hashed,
+                0,
+                "hashed",
+                "hashed-password",
+            ),
+        ] {
+            let text = format!(
+                "[server]\nhost = \"127.0.0.1\"\nport = 0\n[auth]\njwt_secret = \"{}\"\n\
+                 login_cache_seconds = {cache}\n{users}[deepseek]\napi_key = \"{KEY}\"\nbase_url = \"{}\"\n",
+                "b".repeat(40),
+                self.fake_base
+            );
+            let path = self.dir.join(format!("login-{}.toml", out.len()));
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(&self.bin);
+            cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
+            let (child, line) = spawn_until(cmd, "listening on").await?;
+            self.extra.push(child);
+            let base = line.rsplit(' ').next().unwrap_or_default().to_owned();
+            out.push((
+                label.to_owned(),
+                Target::new(&base, "/v1/chat/completions", "/auth/login"),
+                user,
+                password,
+            ));
+        }
+        Ok(out)
+    }
+
+    pub async fn stop(&mut self) {
+        for (child, _) in &mut self.gateways {
+            let _ = child.kill().await;
+        }
+        for child in &mut self.extra {
+            let _ = child.kill().await;
+        }
+        let _ = self.fake.kill().await;
+        if let Some(redis) = &mut self.redis {
+            let _ = redis.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Warns when the open-file limit is too low for the stream counts.
+pub fn raise_fd_limit() {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<u64>().ok());
+    if let Some(soft) = soft {
+        if soft < 65_536 {
+            eprintln!(
+                "bench: the open-file limit is {soft}; for 10,000 streams run `ulimit -n 65536` first"
+            );
+        }
+    }
+}
+
+/// Cores, memory and CPU model, for the report.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kib| {
+            format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0)
+        });
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores, {mem}, {cpu}; gateway, fake and load generator on the same machine")
+}
+
+/// utime + stime of `pid`, in microseconds (clock ticks assumed 100/s).
+pub fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) * 10_000.0
+}
+
+/// Resident memory of `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0.0)
+}
