@@ -79,6 +79,7 @@ async fn serve(mut config: Config, demo: bool) -> std::io::Result<()> {
              DEEPSEEK_PROXY_JWT_SECRET to at least 32 random bytes)"
         );
     }
+    let shutdown = shutdown_signal()?;
     let app = App::build(config).await?;
     let addr = app.local_addr()?;
     if demo {
@@ -86,30 +87,33 @@ async fn serve(mut config: Config, demo: bool) -> std::io::Result<()> {
     }
     println!("deepseek_proxy listening on http://{addr}");
     tracing::info!(%addr, demo, "listening");
-    app.run(shutdown_signal()).await?;
+    app.run(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Ctrl-C everywhere; SIGTERM too on Unix (Windows has no SIGTERM).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+///
+/// The handlers are installed by this call, not when the future is first
+/// polled, so a signal that arrives right after "listening on" is printed
+/// still means a graceful stop rather than the default (immediate) exit.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received; draining open requests");
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received; draining open requests");
+    })
 }

@@ -42,12 +42,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive(Duration::from_secs(30));
+        // Proxy matching re-parses the URL on every request; skip it when no
+        // proxy is configured (the common case).
+        if !proxy_configured() {
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let mut authorization =
@@ -133,6 +139,14 @@ impl Upstream {
             Ok(Ok(response)) => classify(route, response),
         }
     }
+}
+
+/// Whether an outbound proxy is set in the environment (either case).
+fn proxy_configured() -> bool {
+    ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"]
+        .iter()
+        .flat_map(|v| [v.to_string(), v.to_lowercase()])
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
 }
 
 /// Lets through what the client should see (success, and the errors that are
