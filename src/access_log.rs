@@ -91,6 +91,10 @@ fn request_id(req: &Request) -> HeaderValue {
 
 pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
+    // The bearer token must never print, even through a Debug of the headers.
+    if let Some(auth) = req.headers_mut().get_mut(axum::http::header::AUTHORIZATION) {
+        auth.set_sensitive(true);
+    }
     let id = request_id(&req);
     let log = RequestLog::default();
     let peer = req
