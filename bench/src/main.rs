@@ -131,6 +131,22 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
         results.insert(format!("latency_{name}_us"), l.to_json());
     }
 
+    // nginx, when installed: the same pass-through with no work done.
+    let mut nginx_table = Vec::new();
+    if let Some((target, pid)) = procs.nginx() {
+        let lat = load::latency(&target, None, plan.latency_requests).await?;
+        let tp = load::throughput(&target, &[], plan.throughput_conns, plan.throughput_secs, Some(pid)).await?;
+        nginx_table = vec![
+            "| nginx (proxy_buffering off, keep-alive upstream) | value |".to_owned(),
+            "|---|---|".to_owned(),
+            format!("| latency p50, concurrency 1 | {:.1} µs (+{:.1}) |", lat.get(0), lat.get(0) - direct_lat.get(0)),
+            format!("| latency p99, concurrency 1 | {:.1} µs (+{:.1}) |", lat.get(1), lat.get(1) - direct_lat.get(1)),
+            format!("| throughput, {} connections | {:.0}/s |", plan.throughput_conns, tp.rps),
+        ];
+        results.insert("latency_nginx_us".into(), lat.to_json());
+        results.insert("throughput_nginx".into(), json!({"rps": tp.rps, "errors": tp.errors}));
+    }
+
     // 2. Throughput over distinct tokens.
     let conns = plan.throughput_conns;
     let direct_tp = load::throughput(&direct, &[], conns, plan.throughput_secs, None).await?;
@@ -224,11 +240,14 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
     procs.stop().await;
     let machine = procs::machine();
     println!("\n{machine}\n");
-    for line in table
+    let blank = [String::new()];
+    let lines = table
         .iter()
-        .chain([String::new()].iter())
-        .chain(login_table.iter())
-    {
+        .chain(&blank)
+        .chain(&nginx_table)
+        .chain(&blank)
+        .chain(&login_table);
+    for line in lines {
         println!("{line}");
     }
     results.insert("machine".into(), Value::String(machine));

@@ -23,6 +23,7 @@ pub struct Procs {
     fake: Child,
     fake_base: String,
     gateways: Vec<(Child, Gateway)>,
+    nginx: Option<(Child, Target)>,
     extra: Vec<Child>,
     redis: Option<Child>,
     dir: PathBuf,
@@ -204,10 +205,12 @@ impl Procs {
                 },
             ));
         }
+        let nginx = start_nginx(&dir, &fake_base).await;
         Ok(Procs {
             fake,
             fake_base,
             gateways,
+            nginx,
             extra: Vec::new(),
             redis,
             dir,
@@ -222,6 +225,14 @@ impl Procs {
         let mut target = Target::new(&base, "/v1/chat/completions", "/auth/login");
         target.fixed_bearer = Some(KEY.to_owned());
         target
+    }
+
+    /// nginx in front of the fake, when nginx is installed: the reference
+    /// for "a proxy that does no work".
+    pub fn nginx(&self) -> Option<(Target, u32)> {
+        self.nginx
+            .as_ref()
+            .and_then(|(child, target)| Some((target.clone(), child.id()?)))
     }
 
     pub fn gateways(&self) -> Vec<Gateway> {
@@ -292,6 +303,9 @@ impl Procs {
             let _ = child.kill().await;
         }
         for child in &mut self.extra {
+            let _ = child.kill().await;
+        }
+        if let Some((child, _)) = &mut self.nginx {
             let _ = child.kill().await;
         }
         let _ = self.fake.kill().await;
@@ -368,4 +382,45 @@ pub fn rss_kib(pid: u32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|k| k.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// nginx with the settings DEPLOYMENT.md recommends (HTTP/1.1 keep-alive
+/// upstream, no buffering), one worker per core. `None` without nginx.
+async fn start_nginx(dir: &std::path::Path, fake_base: &str) -> Option<(Child, Target)> {
+    let upstream = fake_base.trim_start_matches("http://").trim_end_matches("/v1").to_owned();
+    let port = free_port().ok()?;
+    let conf = format!(
+        "worker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+         events {{ worker_connections 20000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir};\n\
+           upstream fake {{ server {upstream}; keepalive 128; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    tcp_nodelay on;\n\
+             location / {{\n      proxy_pass http://fake;\n      proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
+               proxy_request_buffering off;\n      proxy_read_timeout 600s;\n    }}\n  }}\n}}\n",
+        dir = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).ok()?;
+    let child = Command::new("nginx")
+        .args(["-g", "daemon off;", "-c"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let Ok(child) = child else {
+        eprintln!("bench: nginx not installed; the nginx reference is skipped");
+        return None;
+    };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            let mut target = Target::new(&format!("http://127.0.0.1:{port}"), "/v1/chat/completions", "/auth/login");
+            target.fixed_bearer = Some(KEY.to_owned());
+            return Some((child, target));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("bench: nginx did not start; the nginx reference is skipped");
+    None
 }
