@@ -135,16 +135,37 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
     let mut nginx_table = Vec::new();
     if let Some((target, pid)) = procs.nginx() {
         let lat = load::latency(&target, None, plan.latency_requests).await?;
-        let tp = load::throughput(&target, &[], plan.throughput_conns, plan.throughput_secs, Some(pid)).await?;
+        let tp = load::throughput(
+            &target,
+            &[],
+            plan.throughput_conns,
+            plan.throughput_secs,
+            Some(pid),
+        )
+        .await?;
         nginx_table = vec![
             "| nginx (proxy_buffering off, keep-alive upstream) | value |".to_owned(),
             "|---|---|".to_owned(),
-            format!("| latency p50, concurrency 1 | {:.1} µs (+{:.1}) |", lat.get(0), lat.get(0) - direct_lat.get(0)),
-            format!("| latency p99, concurrency 1 | {:.1} µs (+{:.1}) |", lat.get(1), lat.get(1) - direct_lat.get(1)),
-            format!("| throughput, {} connections | {:.0}/s |", plan.throughput_conns, tp.rps),
+            format!(
+                "| latency p50, concurrency 1 | {:.1} µs (+{:.1}) |",
+                lat.get(0),
+                lat.get(0) - direct_lat.get(0)
+            ),
+            format!(
+                "| latency p99, concurrency 1 | {:.1} µs (+{:.1}) |",
+                lat.get(1),
+                lat.get(1) - direct_lat.get(1)
+            ),
+            format!(
+                "| throughput, {} connections | {:.0}/s |",
+                plan.throughput_conns, tp.rps
+            ),
         ];
         results.insert("latency_nginx_us".into(), lat.to_json());
-        results.insert("throughput_nginx".into(), json!({"rps": tp.rps, "errors": tp.errors}));
+        results.insert(
+            "throughput_nginx".into(),
+            json!({"rps": tp.rps, "errors": tp.errors}),
+        );
     }
 
     // 2. Throughput over distinct tokens.

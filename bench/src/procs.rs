@@ -387,7 +387,10 @@ pub fn rss_kib(pid: u32) -> f64 {
 /// nginx with the settings DEPLOYMENT.md recommends (HTTP/1.1 keep-alive
 /// upstream, no buffering), one worker per core. `None` without nginx.
 async fn start_nginx(dir: &std::path::Path, fake_base: &str) -> Option<(Child, Target)> {
-    let upstream = fake_base.trim_start_matches("http://").trim_end_matches("/v1").to_owned();
+    let upstream = fake_base
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
     let port = free_port().ok()?;
     let conf = format!(
         "worker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
@@ -414,8 +417,15 @@ async fn start_nginx(dir: &std::path::Path, fake_base: &str) -> Option<(Child, T
         return None;
     };
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            let mut target = Target::new(&format!("http://127.0.0.1:{port}"), "/v1/chat/completions", "/auth/login");
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            let mut target = Target::new(
+                &format!("http://127.0.0.1:{port}"),
+                "/v1/chat/completions",
+                "/auth/login",
+            );
             target.fixed_bearer = Some(KEY.to_owned());
             return Some((child, target));
         }

@@ -44,7 +44,8 @@ pub async fn login(
     let body = read_limited(body, LOGIN_BODY_LIMIT_BYTES, state.body_read_timeout).await?;
     let request = parse(&body)?;
     let username = request.username.as_str();
-    if let Some(retry_after_secs) = state.store.login_throttled(username, ip).await? {
+    // Checks the limits and counts this attempt, in one step.
+    if let Some(retry_after_secs) = state.store.begin_login(username, ip).await? {
         tracing::warn!(user = %loggable(&state, username), client = %ip, "login throttled");
         return Err(ApiError::LoginThrottled { retry_after_secs });
     }
@@ -53,12 +54,15 @@ pub async fn login(
         .passwords
         .verify(account.map(|a| &a.password), request.password)
         .await;
-    let Some(account) = account.filter(|a| password_ok && !a.disabled) else {
-        state.store.record_login(username, ip, false).await?;
+    let account = account.filter(|a| password_ok && !a.disabled);
+    state
+        .store
+        .finish_login(username, ip, account.is_some())
+        .await?;
+    let Some(account) = account else {
         tracing::info!(user = %loggable(&state, username), client = %ip, "login refused");
         return Err(ApiError::InvalidCredentials);
     };
-    state.store.record_login(username, ip, true).await?;
     log.set_user(username);
 
     // A fresh token is signed every time (microseconds); the store decides

@@ -64,7 +64,7 @@ pub enum Stored {
 }
 
 pub struct Passwords {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// Checked against for unknown usernames: same kind as the real ones.
     dummy: Arc<Stored>,
     checks: AtomicU64,
@@ -98,7 +98,7 @@ impl Passwords {
         };
         let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
         let passwords = Self {
-            permits: Semaphore::new(parallelism),
+            permits: Arc::new(Semaphore::new(parallelism)),
             dummy: Arc::new(dummy),
             checks: AtomicU64::new(0),
         };
@@ -117,12 +117,17 @@ impl Passwords {
                 password.expose_secret().as_bytes(),
             ),
             Stored::Hash(_) => {
-                let Ok(_permit) = self.permits.acquire().await else {
+                let Ok(permit) = self.permits.clone().acquire_owned().await else {
                     return false;
                 };
-                tokio::task::spawn_blocking(move || verify_hash(&stored, &password))
-                    .await
-                    .unwrap_or(false)
+                // The permit moves into the job: a client that disconnects
+                // mid-check cannot free it while the hash still runs.
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    verify_hash(&stored, &password)
+                })
+                .await
+                .unwrap_or(false)
             }
         };
         matches & known

@@ -3,10 +3,18 @@
 //! Failed logins are counted per username and per client IP in fixed
 //! windows. Past a limit, logins for that username (or from that IP) get 429
 //! `login_throttled` with `Retry-After`, and the password is not checked at
-//! all, so guessing stops costing us CPU too. A success resets the
-//! username's per-minute count; the hourly cap is not reset, so at most
-//! `per_user_per_hour` wrong guesses per account get through in an hour no
-//! matter what.
+//! all, so guessing stops costing us CPU too.
+//!
+//! The hourly per-username cap and the per-IP limit count every attempt
+//! *before* its password is checked, in the same step as the limit check
+//! ([`LoginThrottle::attempt`]), so parallel guesses cannot all slip past the
+//! check while the first ones are still hashing: at most
+//! `per_user_per_hour` guesses per account get through in an hour, however
+//! they are timed. A success refunds its count there. The per-minute
+//! username limit counts failures once they are known
+//! ([`LoginThrottle::finished`]), so a user's own concurrent logins (ten
+//! workers starting at once) are not throttled; a success resets it. IPv6
+//! clients are counted per /64, the block one subscriber usually holds.
 //!
 //! Memory is bounded: each map holds at most `max_entries` keys. When a map
 //! is full, expired entries are dropped first, then the entry whose window is
@@ -112,6 +120,17 @@ pub struct LoginThrottle {
     ips: Mutex<Bounded<IpAddr, Window>>,
 }
 
+/// The address a client is counted under: IPv4 as is, IPv6 by its /64.
+pub fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let masked = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(masked.into())
+        }
+        v4 => v4,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -125,44 +144,55 @@ impl LoginThrottle {
         }
     }
 
-    /// `Some(seconds)` to wait if this login must be refused unchecked.
-    pub fn check(&self, username: &str, ip: IpAddr, now: u64) -> Option<u64> {
+    /// Checks the limits and, if the attempt may go ahead, counts it against
+    /// the hourly cap and the IP, in one step. `Some(seconds)`: refuse
+    /// without checking the password.
+    pub fn attempt(&self, username: &str, ip: IpAddr, now: u64) -> Option<u64> {
         let l = self.limits;
-        let by_user = lock(&self.users).map.get(username).and_then(|w| {
+        let ip = bucket(ip);
+        let mut users = lock(&self.users);
+        let mut ips = lock(&self.ips);
+        let by_user = users.map.get(username).and_then(|w| {
             let minute = w
                 .minute
                 .blocked_for(now, MINUTE_SECS, l.per_user_per_minute);
             let hour = w.hour.blocked_for(now, HOUR_SECS, l.per_user_per_hour);
             minute.max(hour)
         });
-        let by_ip = lock(&self.ips)
+        let by_ip = ips
             .map
             .get(&ip)
             .and_then(|w| w.blocked_for(now, MINUTE_SECS, l.per_ip_per_minute));
-        by_user.max(by_ip)
-    }
-
-    pub fn record_failure(&self, username: &str, ip: IpAddr, now: u64) {
-        {
-            let mut users = lock(&self.users);
-            let w = users.entry(
-                &username.to_owned(),
-                |w| now >= w.hour.start + HOUR_SECS,
-                |w| w.hour.start,
-            );
-            w.minute.current(now, MINUTE_SECS).failures += 1;
-            w.hour.current(now, HOUR_SECS).failures += 1;
+        if let Some(wait) = by_user.max(by_ip) {
+            return Some(wait);
         }
-        let mut ips = lock(&self.ips);
+        let w = users.entry(
+            &username.to_owned(),
+            |w| now >= w.hour.start + HOUR_SECS,
+            |w| w.hour.start,
+        );
+        w.hour.current(now, HOUR_SECS).failures += 1;
         let w = ips.entry(&ip, |w| now >= w.start + MINUTE_SECS, |w| w.start);
         w.current(now, MINUTE_SECS).failures += 1;
+        None
     }
 
-    /// A good password resets the username's per-minute count (not the
-    /// hourly cap, and not the IP's count).
-    pub fn record_success(&self, username: &str) {
-        if let Some(w) = lock(&self.users).map.get_mut(username) {
-            w.minute = Window::default();
+    /// The password check is done. A failure counts against the minute; a
+    /// success refunds its attempt and resets the minute (not the hour cap).
+    pub fn finished(&self, username: &str, ip: IpAddr, success: bool, now: u64) {
+        let mut users = lock(&self.users);
+        let Some(w) = users.map.get_mut(username) else {
+            return;
+        };
+        if !success {
+            w.minute.current(now, MINUTE_SECS).failures += 1;
+            return;
+        }
+        w.minute = Window::default();
+        w.hour.failures = w.hour.failures.saturating_sub(1);
+        drop(users);
+        if let Some(w) = lock(&self.ips).map.get_mut(&bucket(ip)) {
+            w.failures = w.failures.saturating_sub(1);
         }
     }
 
@@ -186,51 +216,94 @@ mod tests {
     fn five_failures_in_a_minute_throttle_the_username_until_the_window_ends() {
         let t = LoginThrottle::new(Limits::default());
         for i in 0..5 {
-            assert_eq!(t.check("admin", ip(i), 1000), None);
-            t.record_failure("admin", ip(i), 1000 + u64::from(i));
+            assert_eq!(t.attempt("admin", ip(i), 1000 + u64::from(i)), None);
+            t.finished("admin", ip(i), false, 1000 + u64::from(i));
         }
-        assert_eq!(t.check("admin", ip(99), 1010), Some(50));
+        assert_eq!(t.attempt("admin", ip(99), 1010), Some(50));
         assert_eq!(
-            t.check("user1", ip(99), 1010),
+            t.attempt("user1", ip(99), 1010),
             None,
             "other users are not affected"
         );
-        assert_eq!(t.check("admin", ip(99), 1060), None, "a new window starts");
+        assert_eq!(
+            t.attempt("admin", ip(99), 1060),
+            None,
+            "a new window starts"
+        );
+    }
+
+    #[test]
+    fn parallel_guesses_cannot_pass_the_hourly_cap() {
+        let t = LoginThrottle::new(Limits::default());
+        // 500 guesses arrive together from many addresses; none has
+        // finished hashing yet, so none has been recorded as a failure.
+        let admitted = (0..500)
+            .filter(|i| t.attempt("admin", ip(*i), 1000).is_none())
+            .count();
+        assert_eq!(admitted, 100);
+    }
+
+    #[test]
+    fn a_users_own_concurrent_logins_are_not_throttled() {
+        let t = LoginThrottle::new(Limits::default());
+        let admitted = (0..10)
+            .filter(|_| t.attempt("admin", IP, 1000).is_none())
+            .count();
+        assert_eq!(admitted, 10);
+        for _ in 0..10 {
+            t.finished("admin", IP, true, 1000);
+        }
+        assert_eq!(
+            t.attempt("admin", IP, 1001),
+            None,
+            "successes refund their count"
+        );
     }
 
     #[test]
     fn a_success_resets_the_minute_but_not_the_hourly_cap() {
         let limits = Limits {
-            per_user_per_hour: 12,
+            per_user_per_hour: 13,
             ..Limits::default()
         };
         let t = LoginThrottle::new(limits);
         let mut now = 0;
         for round in 0..3 {
             for _ in 0..4 {
-                t.record_failure("admin", ip(now as u32), now);
+                assert_eq!(
+                    t.attempt("admin", ip(now as u32), now),
+                    None,
+                    "round {round}"
+                );
+                t.finished("admin", ip(now as u32), false, now);
                 now += 1;
             }
-            t.record_success("admin");
-            if round < 2 {
-                assert_eq!(t.check("admin", IP, now), None, "round {round}");
-            }
+            assert_eq!(
+                t.attempt("admin", IP, now),
+                None,
+                "the right password, round {round}"
+            );
+            t.finished("admin", IP, true, now);
         }
-        // 12 failures this hour: the hourly cap holds despite the successes.
-        assert_eq!(t.check("admin", IP, now), Some(HOUR_SECS - now));
+        // 12 failures this hour: one more guess, then the cap holds
+        // despite the successes.
+        assert_eq!(t.attempt("admin", IP, now), None);
+        assert_eq!(t.attempt("admin", IP, now), Some(HOUR_SECS - now));
     }
 
     #[test]
     fn at_most_the_hourly_cap_of_guesses_get_through_in_an_hour() {
         let t = LoginThrottle::new(Limits::default());
-        let mut checked = 0;
         // An attacker tries every second from fresh IPs for an hour.
-        for now in 0..HOUR_SECS {
-            if t.check("admin", ip(now as u32), now).is_none() {
-                checked += 1;
-                t.record_failure("admin", ip(now as u32), now);
-            }
-        }
+        let checked = (0..HOUR_SECS)
+            .filter(|now| {
+                let admitted = t.attempt("admin", ip(*now as u32), *now).is_none();
+                if admitted {
+                    t.finished("admin", ip(*now as u32), false, *now);
+                }
+                admitted
+            })
+            .count();
         assert!(checked <= 100, "{checked} guesses got through");
     }
 
@@ -238,21 +311,35 @@ mod tests {
     fn one_ip_is_throttled_across_usernames() {
         let t = LoginThrottle::new(Limits::default());
         for i in 0..20 {
-            t.record_failure(&format!("user{i}"), IP, 1000);
+            assert_eq!(t.attempt(&format!("user{i}"), IP, 1000), None);
         }
-        assert!(t.check("someone-else", IP, 1001).is_some());
-        assert!(t.check("someone-else", ip(7), 1001).is_none());
+        assert!(t.attempt("someone-else", IP, 1001).is_some());
+        assert!(t.attempt("someone-else", ip(7), 1001).is_none());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_block() {
+        let t = LoginThrottle::new(Limits::default());
+        for i in 0..20u16 {
+            let addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, i, i, i, i);
+            assert_eq!(t.attempt(&format!("user{i}"), IpAddr::V6(addr), 1000), None);
+        }
+        let same_block = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 99, 0, 0, 1);
+        assert!(t.attempt("other", IpAddr::V6(same_block), 1001).is_some());
+        let other_block = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1);
+        assert!(t.attempt("other", IpAddr::V6(other_block), 1001).is_none());
     }
 
     #[test]
     fn a_flood_of_random_usernames_stays_within_the_bound() {
         let limits = Limits {
             max_entries: 100,
+            per_ip_per_minute: u32::MAX,
             ..Limits::default()
         };
         let t = LoginThrottle::new(limits);
         for i in 0..10_000u32 {
-            t.record_failure(&format!("random-{i}"), ip(i), u64::from(i / 50));
+            t.attempt(&format!("random-{i}"), ip(i), u64::from(i / 50));
         }
         let (users, ips) = t.tracked();
         assert!(users <= 100 && ips <= 100, "{users} users, {ips} ips");

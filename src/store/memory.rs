@@ -80,25 +80,21 @@ impl Store for MemoryStore {
         ready(Ok(issued)).boxed()
     }
 
-    fn login_throttled<'a>(
+    fn begin_login<'a>(
         &'a self,
         user: &'a str,
         ip: IpAddr,
     ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
-        ready(Ok(self.throttle.check(user, ip, unix_now()))).boxed()
+        ready(Ok(self.throttle.attempt(user, ip, unix_now()))).boxed()
     }
 
-    fn record_login<'a>(
+    fn finish_login<'a>(
         &'a self,
         user: &'a str,
         ip: IpAddr,
         success: bool,
     ) -> BoxFuture<'a, StoreResult<()>> {
-        if success {
-            self.throttle.record_success(user);
-        } else {
-            self.throttle.record_failure(user, ip, unix_now());
-        }
+        self.throttle.finished(user, ip, success, unix_now());
         ready(Ok(())).boxed()
     }
 

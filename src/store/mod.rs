@@ -131,15 +131,18 @@ pub trait Store: Send + Sync {
         candidate: Issued,
     ) -> BoxFuture<'a, StoreResult<Issued>>;
 
-    /// `Some(seconds)` if logins for `user` or from `ip` are throttled.
-    fn login_throttled<'a>(
+    /// Before a password check: `Some(seconds)` if logins for `user` or from
+    /// `ip` are throttled; otherwise the attempt is counted against the
+    /// hourly cap and the IP in the same atomic step (see `auth::throttle`).
+    fn begin_login<'a>(
         &'a self,
         user: &'a str,
         ip: IpAddr,
     ) -> BoxFuture<'a, StoreResult<Option<u64>>>;
 
-    /// Counts a failed login, or resets the user's count after a success.
-    fn record_login<'a>(
+    /// After the password check: a failure counts against the user's minute;
+    /// a success refunds the attempt and resets the minute.
+    fn finish_login<'a>(
         &'a self,
         user: &'a str,
         ip: IpAddr,

@@ -46,8 +46,8 @@ struct Scripts {
     release: Script,
     login: Script,
     revoke: Script,
-    throttled: Script,
-    failed: Script,
+    attempt: Script,
+    finished: Script,
 }
 
 impl Scripts {
@@ -80,17 +80,28 @@ impl Scripts {
                  if v and string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] then redis.call('DEL', KEYS[2]) end \
                  return 1",
             ),
-            // KEYS: user-minute, user-hour, ip-minute. ARGV: their limits. ms to wait, or 0.
-            throttled: Script::new(
+            // KEYS: user-minute, user-hour, ip-minute. ARGV: their limits, then
+            // their window lengths in ms. Checks all three; if none is over its
+            // limit, counts the attempt against the hour and the IP
+            // (atomically). ms to wait, or 0.
+            attempt: Script::new(
                 "local wait = 0 for i = 1, 3 do \
                  local n = tonumber(redis.call('GET', KEYS[i]) or '0') \
                  if n >= tonumber(ARGV[i]) then local t = redis.call('PTTL', KEYS[i]) \
-                 if t > wait then wait = t end end end return wait",
+                 if t > wait then wait = t end end end \
+                 if wait > 0 then return wait end \
+                 for i = 2, 3 do local n = redis.call('INCR', KEYS[i]) \
+                 if n == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[i + 3]) end end return 0",
             ),
-            // KEYS: user-minute, user-hour, ip-minute. ARGV: their window lengths in ms.
-            failed: Script::new(
-                "for i = 1, 3 do local n = redis.call('INCR', KEYS[i]) \
-                 if n == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[i]) end end return 1",
+            // KEYS: user-minute, user-hour, ip-minute. ARGV: 1 success / 0
+            // failure, the minute in ms. A failure counts against the minute;
+            // a success resets it and refunds the hour and the IP.
+            finished: Script::new(
+                "if ARGV[1] == '0' then local n = redis.call('INCR', KEYS[1]) \
+                 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 1 end \
+                 redis.call('DEL', KEYS[1]) for i = 2, 3 do \
+                 if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end end \
+                 return 1",
             ),
         }
     }
@@ -181,7 +192,7 @@ impl RedisStore {
         [
             self.key("fail:user:minute", &user),
             self.key("fail:user:hour", &user),
-            self.key("fail:ip", ip),
+            self.key("fail:ip", crate::auth::throttle::bucket(ip)),
         ]
     }
 }
@@ -349,7 +360,7 @@ impl Store for RedisStore {
         .boxed()
     }
 
-    fn login_throttled<'a>(
+    fn begin_login<'a>(
         &'a self,
         user: &'a str,
         ip: IpAddr,
@@ -357,20 +368,23 @@ impl Store for RedisStore {
         async move {
             let keys = self.throttle_keys(user, ip);
             let l = self.settings.throttle;
-            let limits = [
+            let args = [
                 l.per_user_per_minute.to_string(),
                 l.per_user_per_hour.to_string(),
                 l.per_ip_per_minute.to_string(),
+                MINUTE_MS.to_string(),
+                HOUR_MS.to_string(),
+                MINUTE_MS.to_string(),
             ];
-            let keys = [keys[0].as_str(), keys[1].as_str(), keys[2].as_str()];
-            let args = [limits[0].as_str(), limits[1].as_str(), limits[2].as_str()];
-            let wait_ms: i64 = self.run(&self.scripts.throttled, &keys, &args).await?;
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let wait_ms: i64 = self.run(&self.scripts.attempt, &keys, &args).await?;
             Ok((wait_ms > 0).then(|| (wait_ms as u64).div_ceil(1000)))
         }
         .boxed()
     }
 
-    fn record_login<'a>(
+    fn finish_login<'a>(
         &'a self,
         user: &'a str,
         ip: IpAddr,
@@ -378,23 +392,10 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, StoreResult<()>> {
         async move {
             let keys = self.throttle_keys(user, ip);
-            if success {
-                let mut del = redis::cmd("DEL");
-                del.arg(&keys[0]);
-                return self.query::<i64>(del).await.map(drop);
-            }
-            let keys = [keys[0].as_str(), keys[1].as_str(), keys[2].as_str()];
-            let windows = [
-                MINUTE_MS.to_string(),
-                HOUR_MS.to_string(),
-                MINUTE_MS.to_string(),
-            ];
-            let args = [
-                windows[0].as_str(),
-                windows[1].as_str(),
-                windows[2].as_str(),
-            ];
-            self.run::<i64>(&self.scripts.failed, &keys, &args)
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let outcome = if success { "1" } else { "0" };
+            let minute = MINUTE_MS.to_string();
+            self.run::<i64>(&self.scripts.finished, &keys, &[outcome, &minute])
                 .await
                 .map(drop)
         }
