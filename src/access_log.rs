@@ -121,8 +121,14 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
     req.extensions_mut().insert(log);
     req.extensions_mut().insert(RequestId(id.clone()));
 
+    // If the client goes away before there is a response (a hung upstream,
+    // a slow login), this future is dropped: the guard still logs the line.
+    let mut pending = Pending(Some(line));
     let mut response = next.run(req).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    let Some(line) = pending.0.take() else {
+        return response;
+    };
     let line = Line {
         status: response.status().as_u16(),
         error: response.extensions().get::<ErrorCode>().map(|c| c.0),
@@ -189,11 +195,29 @@ impl http_body::Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let l = &self.line;
-        let r = l.log.0.lock().unwrap_or_else(|e| e.into_inner());
         // A body hyper never polled to the end was abandoned by the client,
         // unless it was empty to begin with.
         let ended = self.ended || http_body::Body::is_end_stream(&self.inner);
+        self.line.write(self.bytes_out, ended);
+    }
+}
+
+/// Logs a request whose handler was dropped before it answered.
+struct Pending(Option<Line>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            line.write(0, false);
+        }
+    }
+}
+
+impl Line {
+    /// The one log line of a request. `ended`: the response was sent whole.
+    fn write(&self, bytes_out: u64, ended: bool) {
+        let l = self;
+        let r = l.log.0.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = match (r.outcome, ended) {
             (Some(outcome), _) => outcome,
             (None, true) => "completed",
@@ -213,7 +237,7 @@ impl Drop for LoggedBody {
             latency_ms = ms(l.start.elapsed()),
             ttfb_ms = r.ttfb.map(ms).unwrap_or(0.0),
             bytes_in = r.bytes_in,
-            bytes_out = self.bytes_out,
+            bytes_out,
             "request"
         );
     }

@@ -331,20 +331,90 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str, env: Env<'_>) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError(format!("invalid TOML: {}", e.to_string().trim_end())))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         raw.validate(env)
     }
+}
+
+/// The parser's message with its line, column and key, but without the
+/// excerpt of the file that toml's own `Display` adds, and with quoted values
+/// blanked: that line may hold the API key, the JWT secret or a password.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let place = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        let this_line = text.lines().nth(line - 1).unwrap_or("");
+        let section = before
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']'))
+            .unwrap_or("");
+        let key = this_line
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && k.len() < 64)
+            .map(|k| {
+                let dotted = if section.is_empty() {
+                    k.to_owned()
+                } else {
+                    format!("{section}.{k}")
+                };
+                format!(" (key `{dotted}`)")
+            })
+            .unwrap_or_default();
+        format!(" at line {line}, column {column}{key}")
+    });
+    ConfigError(format!(
+        "invalid TOML{}: {}",
+        place.unwrap_or_default(),
+        blank_quoted(e.message().trim_end())
+    ))
+}
+
+/// Replaces what serde quotes (`...` or "...") with `…`.
+fn blank_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                out.push(c);
+                open = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 impl RawConfig {
     pub fn validate(self, env: Env<'_>) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
+        let auth = self.auth.validate(env, &mut warnings)?;
+        let state = self.state.validate(env)?;
+        // Replicas must verify each other's tokens, and the shared login
+        // cache hands out tokens another process signed: one fixed secret.
+        if auth.jwt_secret_generated && matches!(state.backend, StateBackend::Redis(_)) {
+            return Err(invalid(
+                "auth.jwt_secret",
+                "must be set (at least 32 random bytes, the same on every replica) when \
+                 state.backend = \"redis\"; or set DEEPSEEK_PROXY_JWT_SECRET",
+            ));
+        }
         Ok(Config {
             server: self.server.validate()?,
-            auth: self.auth.validate(env, &mut warnings)?,
+            auth,
             upstream: self.deepseek.validate(env)?,
-            state: self.state.validate(env)?,
+            state,
             warnings,
         })
     }
@@ -841,6 +911,44 @@ mod tests {
             config.server.cors_allowed_origins[0],
             "https://a.example:8443"
         );
+    }
+
+    #[test]
+    fn a_toml_error_never_quotes_the_line_it_is_on() {
+        let text = "[deepseek]\napi_key = \"sk-very-secret-123\nbase_url = 1\n";
+        let err = Config::from_toml(text, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sk-very-secret-123"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let text = "[auth]\njwt_secret = \"topsecret-but-cut\n[[auth.users]]\n";
+        let err = Config::from_toml(text, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("topsecret"), "{err}");
+        // A password of the wrong type: serde would quote the value.
+        let text = "[auth]\n[[auth.users]]\nusername = \"a\"\npassword = 987654321\n";
+        let err = Config::from_toml(text, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("987654321"), "{err}");
+        assert!(err.contains("auth.users.password"), "{err}");
+    }
+
+    #[test]
+    fn redis_state_needs_a_fixed_jwt_secret() {
+        let text =
+            format!("[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1/\"\n{MINIMAL}");
+        let err = Config::from_toml(&text, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+        let env = |n: &str| match n {
+            "OPENAI_API_KEY" => Some("sk".to_owned()),
+            "DEEPSEEK_PROXY_JWT_SECRET" => Some("e".repeat(40)),
+            _ => None,
+        };
+        assert!(Config::from_toml(&text, &env).is_ok());
     }
 
     #[test]

@@ -874,3 +874,57 @@ async fn plaintext_passwords_get_one_startup_warning_per_user_naming_the_fix() {
         "an empty jwt_secret is warned about: {lines:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_early() {
+    let (_fake, _dir, proxy) = proxy_in_front_of_fake(5).await;
+    let token = proxy.token(ADMIN).await;
+    let streamed = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("x-request-id", "log-check-streamed")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .expect("stream");
+    let (body, _) = read_body(streamed).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let gave_up = impatient
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("x-request-id", "log-check-abandoned")
+        .json(&chat_body_with(false, json!({"fail": "hang"})))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = proxy.stop().await;
+    let line_of = |id: &str| -> String {
+        let found: Vec<&String> = lines.iter().filter(|l| l.contains(id)).collect();
+        assert_eq!(found.len(), 1, "one line for {id}: {lines:#?}");
+        found[0].clone()
+    };
+    let done = line_of("log-check-streamed");
+    for field in [
+        "user=admin",
+        "status=200",
+        "upstream_status=200",
+        "path=/v1/chat/completions",
+        "client=127.0.0.1",
+        "completed",
+        "ttfb_ms=",
+        "latency_ms=",
+        "bytes_in=",
+        &format!("bytes_out={}", body.len()),
+    ] {
+        assert!(done.contains(field), "{field} missing in {done}");
+    }
+    let abandoned = line_of("log-check-abandoned");
+    assert!(abandoned.contains("client_aborted"), "{abandoned}");
+    assert!(abandoned.contains("user=admin"), "{abandoned}");
+}

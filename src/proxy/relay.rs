@@ -42,8 +42,9 @@ enum Phase {
 pin_project! {
     #[project = Projection]
     pub struct RelayBody<S> {
-        #[pin]
-        upstream: S,
+        // Dropped (closing the upstream connection) as soon as the relay
+        // stops, before the slot is given back.
+        upstream: Option<Pin<Box<S>>>,
         #[pin]
         idle: Sleep,
         #[pin]
@@ -69,7 +70,7 @@ impl<S> RelayBody<S> {
         log: RequestLog,
     ) -> Self {
         Self {
-            upstream,
+            upstream: Some(Box::pin(upstream)),
             idle: tokio::time::sleep(idle_timeout),
             deadline: tokio::time::sleep_until(deadline),
             idle_timeout,
@@ -144,7 +145,11 @@ where
                 }
                 continue;
             }
-            match this.upstream.as_mut().poll_next(cx) {
+            let Some(upstream) = this.upstream.as_mut() else {
+                release_then(&mut this, None);
+                continue;
+            };
+            match upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) if bytes.is_empty() => continue,
                 Poll::Ready(Some(Ok(bytes))) => {
                     let next_idle = Instant::now() + *this.idle_timeout;
@@ -185,8 +190,11 @@ fn remember_tail(tail: &mut [u8; 2], bytes: &[u8]) {
     }
 }
 
-/// Starts giving the slot back; the body ends (after `then`) once it is free.
+/// Closes the upstream, then starts giving the slot back; the body ends
+/// (after `then`) once it is free. A new request with the token can thus
+/// never overlap an upstream request that is still open.
 fn release_then<S>(this: &mut Projection<'_, S>, then: Option<Bytes>) {
+    *this.upstream = None;
     if let Some(lease) = this.slot.take() {
         *this.releasing = Some(lease.release());
     }
@@ -203,6 +211,7 @@ fn fail<S>(this: &mut Projection<'_, S>, failure: Failure) -> Option<Polled> {
     tracing::warn!(code, "upstream response ended early");
     if !*this.is_event_stream {
         *this.phase = Phase::Done;
+        *this.upstream = None;
         this.slot.take();
         return Some(Poll::Ready(Some(Err(std::io::Error::other(message)))));
     }

@@ -71,22 +71,34 @@ impl Lease {
 
     /// Gives the slot back; the future resolves when it is free.
     pub fn release(mut self) -> BoxFuture<'static, ()> {
-        match self.release.take() {
-            Some(release) => release.release(),
-            None => Box::pin(std::future::ready(())),
-        }
+        self.release_now()
+    }
+
+    /// The release, with the in-flight count going down once it is done.
+    fn release_now(&mut self) -> BoxFuture<'static, ()> {
+        let counter = self.counter.clone();
+        let release = self.release.take().map(|r| r.release());
+        Box::pin(async move {
+            if let Some(release) = release {
+                release.await;
+            }
+            counter.0.fetch_sub(1, Ordering::SeqCst);
+        })
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.counter.0.fetch_sub(1, Ordering::SeqCst);
-        if let Some(release) = self.release.take() {
-            let done = release.release();
-            // Drop cannot wait: finish in the background (bounded there).
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(done);
-            }
+        if self.release.is_none() {
+            return;
+        }
+        let done = self.release_now();
+        // Drop cannot wait: finish in the background (bounded there). With
+        // no runtime left (process exit) the lease expires by its TTL.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(done);
+        } else {
+            self.counter.0.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

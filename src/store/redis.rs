@@ -124,7 +124,23 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Usernames are attacker-chosen: long ones are hashed so keys stay small.
+/// Login-cache keys name the user exactly (two users must never share a
+/// cached token); only configured users reach the cache, so length is bounded.
+fn login_key(user: &str) -> String {
+    if user
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return user.to_owned();
+    }
+    user.bytes().fold(String::from("hex:"), |mut s, b| {
+        s.push_str(&format!("{b:02x}"));
+        s
+    })
+}
+
+/// Failure counters are keyed by attacker-chosen names: long ones are
+/// hashed so keys stay small (a collision only merges two counters).
 fn user_key(user: &str) -> String {
     if user.len() <= 64 && user.bytes().all(|b| b.is_ascii_graphic()) {
         return user.to_owned();
@@ -291,13 +307,28 @@ impl Store for RedisStore {
             let slot = self.key("slot", format_args!("{token_id:032x}"));
             let owner = uuid::Uuid::new_v4().simple().to_string();
             let ttl_ms = self.lease_ttl.as_millis().to_string();
-            let granted: i64 = self
-                .run(
+            let acquired = self
+                .run::<i64>(
                     &self.scripts.acquire,
                     &[&revoked, &slot],
                     &[&owner, &ttl_ms],
                 )
-                .await?;
+                .await;
+            let granted = match acquired {
+                Ok(granted) => granted,
+                Err(e) => {
+                    // The script may have run even though its answer was
+                    // lost: delete the lease if it is ours, so a failed
+                    // acquire never leaves the token locked for the TTL.
+                    let (conn, scripts, timeout) =
+                        (self.conn.clone(), self.scripts.clone(), self.timeout);
+                    tokio::spawn(async move {
+                        let (keys, args) = ([slot.as_str()], [owner.as_str()]);
+                        let _ = bounded::<i64>(timeout, conn, &scripts.release, &keys, &args).await;
+                    });
+                    return Err(e);
+                }
+            };
             Ok(match granted {
                 1 => Acquired::Granted(Lease::new(self.lease(slot, owner), &self.in_flight)),
                 -1 => Acquired::Revoked,
@@ -326,7 +357,7 @@ impl Store for RedisStore {
         async move {
             let jti = format!("{token_id:032x}");
             let revoked = self.key("revoked", &jti);
-            let login = self.key("login", user_key(user));
+            let login = self.key("login", login_key(user));
             let ttl_ms = (exp * 1000).saturating_sub(now_ms()).max(1).to_string();
             self.run::<i64>(&self.scripts.revoke, &[&revoked, &login], &[&ttl_ms, &jti])
                 .await
@@ -341,7 +372,7 @@ impl Store for RedisStore {
         candidate: Issued,
     ) -> BoxFuture<'a, StoreResult<Issued>> {
         async move {
-            let key = self.key("login", user_key(user));
+            let key = self.key("login", login_key(user));
             let window_end_ms = (candidate.issued_at + self.settings.login_cache_secs) * 1000;
             let ttl_ms = window_end_ms
                 .min(candidate.exp * 1000)
@@ -458,5 +489,13 @@ mod tests {
         assert_eq!(user_key(&long), user_key(&long));
         assert!(user_key(&long).len() <= 17);
         assert_ne!(user_key("a b"), "a b");
+    }
+
+    #[test]
+    fn login_cache_keys_never_collide() {
+        assert_eq!(login_key("admin"), "admin");
+        assert_eq!(login_key("张三"), "hex:e5bca0e4b889");
+        assert_ne!(login_key("#0123456789abcdef"), login_key("x"));
+        assert_ne!(login_key("hex:41"), login_key("A"));
     }
 }

@@ -237,7 +237,10 @@ impl Probe {
     pub(crate) fn finish(mut self) {
         self.done = true;
         let sent = Bytes::from(std::mem::take(&mut self.sent));
-        lock(&self.shared.responses).push(sent);
+        let mut responses = lock(&self.shared.responses);
+        keep_newest(&mut responses);
+        responses.push(sent);
+        drop(responses);
         self.shared.completed.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -250,8 +253,19 @@ impl Drop for Probe {
     }
 }
 
+/// Records are kept for tests; a long-running `--demo` keeps only the newest.
+const MAX_RECORDS: usize = 10_000;
+
+fn keep_newest<T>(list: &mut Vec<T>) {
+    if list.len() >= MAX_RECORDS {
+        list.drain(..MAX_RECORDS / 2);
+    }
+}
+
 fn record(shared: &Shared, method: Method, path: String, headers: HeaderMap, body: Bytes) {
-    lock(&shared.requests).push(Recorded {
+    let mut requests = lock(&shared.requests);
+    keep_newest(&mut requests);
+    requests.push(Recorded {
         method,
         path,
         headers,
