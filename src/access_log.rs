@@ -22,6 +22,7 @@ use http_body::Frame;
 use crate::client_ip::{client_ip, ClientIp};
 use crate::error::ErrorCode;
 use crate::state::AppState;
+use crate::usage::Usage;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_CLIENT_REQUEST_ID_BYTES: usize = 128;
@@ -38,6 +39,11 @@ struct Record {
     ttfb: Option<Duration>,
     bytes_in: u64,
     outcome: Option<&'static str>,
+    usage: Option<Usage>,
+    /// Completion tokens estimated from the characters streamed, when the
+    /// request ended before DeepSeek reported its usage.
+    estimated_tokens: Option<u64>,
+    trace_id: Option<HeaderValue>,
 }
 
 /// What inner layers learn about a request, for its log line.
@@ -61,6 +67,23 @@ impl RequestLog {
         self.with(|r| {
             r.upstream_status = Some(status);
             r.ttfb = Some(ttfb);
+        });
+    }
+
+    /// DeepSeek's `x-ds-trace-id` for this request, for support cases.
+    pub fn set_trace_id(&self, id: Option<&HeaderValue>) {
+        if let Some(id) = id {
+            self.with(|r| r.trace_id = Some(id.clone()));
+        }
+    }
+
+    /// The usage DeepSeek reported, or (`None`) an estimate from what was
+    /// streamed before the request ended early.
+    pub fn set_usage(&self, usage: Option<Usage>, estimated_tokens: u64) {
+        self.with(|r| match usage {
+            Some(usage) => r.usage = Some(usage),
+            None if estimated_tokens > 0 => r.estimated_tokens = Some(estimated_tokens),
+            None => {}
         });
     }
 
@@ -198,6 +221,9 @@ impl Drop for LoggedBody {
         // A body hyper never polled to the end was abandoned by the client,
         // unless it was empty to begin with.
         let ended = self.ended || http_body::Body::is_end_stream(&self.inner);
+        // Drop the inner body first: the relay records what it knows
+        // (usage, or an estimate) as it goes.
+        drop(std::mem::replace(&mut self.inner, Body::empty()));
         self.line.write(self.bytes_out, ended);
     }
 }
@@ -223,6 +249,7 @@ impl Line {
             (None, true) => "completed",
             (None, false) => "client_aborted",
         };
+        let count = |f: fn(&Usage) -> u64| r.usage.as_ref().map(f);
         tracing::info!(
             target: "deepseek_proxy::access",
             request_id = %l.request_id.to_str().unwrap_or("-"),
@@ -233,11 +260,21 @@ impl Line {
             status = l.status,
             upstream_status = r.upstream_status.unwrap_or(0),
             error = %l.error.unwrap_or("-"),
-            outcome,
+            outcome = %outcome,
             latency_ms = ms(l.start.elapsed()),
             ttfb_ms = r.ttfb.map(ms).unwrap_or(0.0),
             bytes_in = r.bytes_in,
             bytes_out,
+            prompt_tokens = count(|u| u.prompt_tokens),
+            completion_tokens = count(|u| u.completion_tokens),
+            cached_tokens = count(|u| u.cached_tokens),
+            reasoning_tokens = count(|u| u.reasoning_tokens),
+            completion_tokens_estimated = r.estimated_tokens,
+            ds_trace_id = r
+                .trace_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(tracing::field::display),
             "request"
         );
     }

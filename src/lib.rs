@@ -2,7 +2,8 @@
 //!
 //! Where a request goes: [`routes`] -> [`access_log`] -> [`auth`] (token
 //! check) -> [`proxy`] (slot from [`limits`], then [`proxy::upstream`], then
-//! the [`proxy::relay`] body). Errors are [`error::ApiError`].
+//! the [`proxy::relay`] body, with its [`usage`] tap). Errors are
+//! [`error::ApiError`].
 
 pub mod access_log;
 pub mod app;
@@ -19,6 +20,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 
 pub use app::App;
 pub use config::Config;

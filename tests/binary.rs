@@ -902,7 +902,25 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
         .send()
         .await;
     assert!(gave_up.is_err());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A stream the client leaves midway: usage is estimated, and says so.
+    let slow = chat_body_with(
+        true,
+        json!({"chunks": 20, "chunk_delay_ms": 100, "reply": words(20)}),
+    );
+    let mut left = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("x-request-id", "log-check-left")
+        .json(&slow)
+        .send()
+        .await
+        .expect("stream");
+    for _ in 0..4 {
+        let _ = left.chunk().await;
+    }
+    drop(left);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let lines = proxy.stop().await;
     let line_of = |id: &str| -> String {
         let found: Vec<&String> = lines.iter().filter(|l| l.contains(id)).collect();
@@ -921,9 +939,24 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
         "latency_ms=",
         "bytes_in=",
         &format!("bytes_out={}", body.len()),
+        "prompt_tokens=11",
+        "completion_tokens=",
+        "cached_tokens=0",
+        "ds_trace_id=fake-trace-0001",
     ] {
         assert!(done.contains(field), "{field} missing in {done}");
     }
+    assert!(
+        !done.contains("estimated"),
+        "a measured usage is not an estimate: {done}"
+    );
+    let left = line_of("log-check-left");
+    assert!(left.contains("client_aborted"), "{left}");
+    assert!(left.contains("completion_tokens_estimated="), "{left}");
+    assert!(
+        !left.contains(" completion_tokens="),
+        "never a measured count: {left}"
+    );
     let abandoned = line_of("log-check-abandoned");
     assert!(abandoned.contains("client_aborted"), "{abandoned}");
     assert!(abandoned.contains("user=admin"), "{abandoned}");

@@ -5,6 +5,7 @@
 use deepseek_proxy::auth::jwt::{unix_now, JwtKeys};
 use deepseek_proxy::client_ip::IpNet;
 use deepseek_proxy::proxy::{check_body, Route};
+use deepseek_proxy::usage::{Tap, Usage};
 use proptest::prelude::*;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -89,6 +90,45 @@ proptest! {
         if let Ok(claims) = keys.verify(&tampered, now) {
             prop_assert_eq!(claims.sub, "admin");
         }
+    }
+
+    #[test]
+    fn the_usage_tap_reads_the_same_usage_however_the_stream_is_cut(
+        words in prop::collection::vec("[a-z你好é\\\"]{0,6}", 0..12),
+        prompt in 0u64..100_000,
+        completion in 0u64..100_000,
+        cached in 0u64..1000,
+        crlf in any::<bool>(),
+        keepalives in 0usize..3,
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let nl = if crlf { "\r\n" } else { "\n" };
+        let mut stream = String::new();
+        for _ in 0..keepalives {
+            stream.push_str(&format!(": keep-alive{nl}{nl}"));
+        }
+        for w in &words {
+            let event = json!({"choices": [{"delta": {"content": w}}]});
+            stream.push_str(&format!("data: {event}{nl}{nl}"));
+        }
+        let last = json!({"choices": [], "usage": {"prompt_tokens": prompt,
+            "completion_tokens": completion, "prompt_cache_hit_tokens": cached}});
+        stream.push_str(&format!("data: {last}{nl}{nl}data: [DONE]{nl}{nl}"));
+        let bytes = stream.as_bytes();
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut tap = Tap::new(true);
+        let mut from = 0;
+        for p in points.into_iter().chain([bytes.len()]) {
+            tap.feed(&bytes[from..p]);
+            from = p;
+        }
+        tap.finish();
+        let expected = Usage { prompt_tokens: prompt, completion_tokens: completion,
+            cached_tokens: cached, reasoning_tokens: 0 };
+        prop_assert_eq!(tap.usage(), Some(expected));
+        let chars: u64 = words.iter().map(|w| w.chars().count() as u64).sum();
+        prop_assert_eq!(tap.streamed_chars(), chars);
     }
 
     #[test]

@@ -372,5 +372,13 @@ async fn after_a_thousand_mixed_requests_no_lease_is_left_behind() {
         left.is_empty(),
         "leases left behind: {left:?} after {statuses:?}"
     );
-    assert_eq!(a.state.store.in_flight() + b.state.store.in_flight(), 0);
+    // The count falls once each release's answer is back: allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while a.state.store.in_flight() + b.state.store.in_flight() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a lease is still counted in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

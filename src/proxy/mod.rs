@@ -142,6 +142,7 @@ async fn forward(
         .await?;
     let status = response.status();
     cx.log.set_upstream(status.as_u16(), started.elapsed());
+    cx.log.set_trace_id(response.headers().get("x-ds-trace-id"));
     let is_event_stream = headers::is_event_stream(response.headers());
     let out_headers = headers::to_client(response.headers(), is_event_stream);
     let body = RelayBody::new(

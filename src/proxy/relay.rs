@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 use crate::access_log::RequestLog;
 use crate::error::error_json;
 use crate::store::Lease;
+use crate::usage::Tap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
@@ -56,7 +57,23 @@ pin_project! {
         phase: Phase,
         slot: Option<Lease>,
         releasing: Option<BoxFuture<'static, ()>>,
+        // The last chunk handed to the client, looked at by the usage tap on
+        // the next poll: after the client has it, never before.
+        tapped: Option<Bytes>,
+        tap: Tap,
         log: RequestLog,
+    }
+
+    impl<S> PinnedDrop for RelayBody<S> {
+        fn drop(this: Pin<&mut Self>) {
+            // However the body ends, its usage (or an estimate) is recorded.
+            let this = this.project();
+            if let Some(chunk) = this.tapped.take() {
+                this.tap.feed(&chunk);
+            }
+            this.tap.finish();
+            this.log.set_usage(this.tap.usage(), this.tap.estimated_completion_tokens());
+        }
     }
 }
 
@@ -79,6 +96,8 @@ impl<S> RelayBody<S> {
             phase: Phase::Streaming,
             slot,
             releasing: None,
+            tapped: None,
+            tap: Tap::new(is_event_stream),
             log,
         }
     }
@@ -125,6 +144,9 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let mut this = self.project();
+        if let Some(chunk) = this.tapped.take() {
+            this.tap.feed(&chunk);
+        }
         loop {
             match this.phase {
                 Phase::Done => return Poll::Ready(None),
@@ -155,6 +177,7 @@ where
                     let next_idle = Instant::now() + *this.idle_timeout;
                     this.idle.as_mut().reset(next_idle);
                     remember_tail(this.tail, &bytes);
+                    *this.tapped = Some(bytes.clone());
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -13,9 +13,9 @@ use crate::limits::{SlotGuard, Slots};
 
 impl Release for SlotGuard {
     /// Frees the slot now; nothing is left to wait for.
-    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+    fn release(self: Box<Self>) -> Option<BoxFuture<'static, ()>> {
         drop(self);
-        ready(()).boxed()
+        None
     }
 }
 

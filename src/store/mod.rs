@@ -45,10 +45,10 @@ pub enum Acquired {
     Revoked,
 }
 
-/// Gives a slot back. The work may be done by the call itself (memory) or
-/// by the returned future (a Redis round trip).
+/// Gives a slot back: either at once (memory: `None`), or by the returned
+/// future (a Redis round trip).
 pub trait Release: Send + Sync {
-    fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+    fn release(self: Box<Self>) -> Option<BoxFuture<'static, ()>>;
 }
 
 /// Holds a token's slot. [`Lease::release`] gives it back and resolves once
@@ -74,32 +74,42 @@ impl Lease {
         self.release_now()
     }
 
-    /// The release, with the in-flight count going down once it is done.
+    /// Starts the release. A release that needs I/O runs as its own task,
+    /// so it completes (and the count goes down) even if the returned future
+    /// is dropped, say because the client left during the last chunk.
     fn release_now(&mut self) -> BoxFuture<'static, ()> {
+        let Some(release) = self.release.take() else {
+            return Box::pin(std::future::ready(()));
+        };
         let counter = self.counter.clone();
-        let release = self.release.take().map(|r| r.release());
-        Box::pin(async move {
-            if let Some(release) = release {
-                release.await;
-            }
+        let Some(pending) = release.release() else {
             counter.0.fetch_sub(1, Ordering::SeqCst);
-        })
+            return Box::pin(std::future::ready(()));
+        };
+        let finish = async move {
+            pending.await;
+            counter.0.fetch_sub(1, Ordering::SeqCst);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let task = runtime.spawn(finish);
+                Box::pin(async move {
+                    let _ = task.await;
+                })
+            }
+            // No runtime left (process exit): the lease expires by its TTL.
+            Err(_) => {
+                self.counter.0.fetch_sub(1, Ordering::SeqCst);
+                Box::pin(std::future::ready(()))
+            }
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.release.is_none() {
-            return;
-        }
-        let done = self.release_now();
-        // Drop cannot wait: finish in the background (bounded there). With
-        // no runtime left (process exit) the lease expires by its TTL.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(done);
-        } else {
-            self.counter.0.fetch_sub(1, Ordering::SeqCst);
-        }
+        // Not waited for: a release with I/O carries on as its own task.
+        drop(self.release_now());
     }
 }
 

@@ -248,17 +248,20 @@ struct RedisLease {
 
 impl Release for RedisLease {
     /// Stops the renewal and deletes the key if it is still ours.
-    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+    fn release(self: Box<Self>) -> Option<BoxFuture<'static, ()>> {
         self.renewal.abort();
-        async move {
-            let (keys, args) = ([self.slot.as_str()], [self.owner.as_str()]);
-            let release = &self.scripts.release;
-            let released = bounded::<i64>(self.timeout, self.conn.clone(), release, &keys, &args);
-            if let Err(e) = released.await {
-                tracing::warn!(error = %e, "lease release failed; it expires by its TTL");
+        Some(
+            async move {
+                let (keys, args) = ([self.slot.as_str()], [self.owner.as_str()]);
+                let release = &self.scripts.release;
+                let released =
+                    bounded::<i64>(self.timeout, self.conn.clone(), release, &keys, &args);
+                if let Err(e) = released.await {
+                    tracing::warn!(error = %e, "lease release failed; it expires by its TTL");
+                }
             }
-        }
-        .boxed()
+            .boxed(),
+        )
     }
 }
 
