@@ -21,6 +21,7 @@ use http_body::Frame;
 
 use crate::client_ip::{client_ip, ClientIp};
 use crate::error::ErrorCode;
+use crate::ledger::{Ledger, UsageRecord};
 use crate::state::AppState;
 use crate::usage::Usage;
 
@@ -44,6 +45,11 @@ struct Record {
     /// request ended before DeepSeek reported its usage.
     estimated_tokens: Option<u64>,
     trace_id: Option<HeaderValue>,
+    /// Set for upstream-bound requests: they get a ledger row.
+    route: Option<&'static str>,
+    token_id: u128,
+    model: Option<String>,
+    stream: bool,
 }
 
 /// What inner layers learn about a request, for its log line.
@@ -67,6 +73,22 @@ impl RequestLog {
         self.with(|r| {
             r.upstream_status = Some(status);
             r.ttfb = Some(ttfb);
+        });
+    }
+
+    /// Marks the request as upstream-bound, for the usage ledger.
+    pub fn set_request(
+        &self,
+        route: &'static str,
+        token_id: u128,
+        model: Option<&str>,
+        stream: bool,
+    ) {
+        self.with(|r| {
+            r.route = Some(route);
+            r.token_id = token_id;
+            r.model = model.map(str::to_owned);
+            r.stream = stream;
         });
     }
 
@@ -127,6 +149,7 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
     let client = client_ip(peer, req.headers(), &state.trusted_proxies);
     req.extensions_mut().insert(ClientIp(client));
     let line = Line {
+        ledger: state.ledger.clone(),
         request_id: id.clone(),
         method: req.method().to_string(),
         path: req
@@ -168,6 +191,7 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
 }
 
 struct Line {
+    ledger: Ledger,
     request_id: HeaderValue,
     method: String,
     path: String,
@@ -277,7 +301,40 @@ impl Line {
                 .map(tracing::field::display),
             "request"
         );
+        if let Some(route) = r.route {
+            let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            let usage = r.usage.as_ref();
+            self.ledger.record(UsageRecord {
+                request_id: l.request_id.to_str().unwrap_or("-").to_owned(),
+                ts_ms: unix_ms(),
+                username: r.user.clone().unwrap_or_default(),
+                token_id: format!("{:032x}", r.token_id),
+                route: route.to_owned(),
+                model: r.model.clone(),
+                stream: r.stream,
+                status: i64::from(l.status),
+                upstream_status: r.upstream_status.map(i64::from),
+                error_code: l.error.map(str::to_owned),
+                prompt_tokens: usage.map(|u| to_i64(u.prompt_tokens)),
+                completion_tokens: usage.map(|u| to_i64(u.completion_tokens)),
+                cached_tokens: usage.map(|u| to_i64(u.cached_tokens)),
+                reasoning_tokens: usage.map(|u| to_i64(u.reasoning_tokens)),
+                completion_tokens_estimated: r.estimated_tokens.map(to_i64),
+                latency_ms: ms(l.start.elapsed()),
+                ttfb_ms: r.ttfb.map(ms),
+                bytes_in: to_i64(r.bytes_in),
+                bytes_out: to_i64(bytes_out),
+                client_ip: l.client.clone(),
+                outcome: outcome.to_owned(),
+            });
+        }
     }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn ms(d: Duration) -> f64 {

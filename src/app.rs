@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::config::{Config, ServerConfig};
+use crate::ledger::Ledger;
 use crate::routes::router;
 use crate::state::AppState;
 
@@ -61,7 +62,10 @@ impl App {
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let limits = Limits::from(&config.server);
         let cors = config.server.cors_allowed_origins.clone();
-        let state = AppState::new(config).map_err(std::io::Error::other)?;
+        let ledger = Ledger::open(&config.storage)
+            .await
+            .map_err(std::io::Error::other)?;
+        let state = AppState::new(config, ledger).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -147,6 +151,8 @@ impl App {
                 );
             }
         }
+        // Every row queued so far reaches the database before we exit.
+        self.state.ledger.flush().await;
         Ok(())
     }
 }

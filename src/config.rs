@@ -47,6 +47,58 @@ pub struct RawConfig {
     deepseek: RawDeepSeek,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    storage: RawStorage,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    sqlite_path: String,
+    url: String,
+    queue_capacity: usize,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            sqlite_path: "usage.db".into(),
+            url: String::new(),
+            queue_capacity: 10_000,
+        }
+    }
+}
+
+impl RawStorage {
+    fn validate(self, env: Env<'_>) -> Result<StorageConfig, ConfigError> {
+        let url = env("DEEPSEEK_PROXY_STORAGE_URL").unwrap_or(self.url);
+        let backend = if url.is_empty() {
+            if self.sqlite_path.trim().is_empty() {
+                return Err(invalid(
+                    "storage.sqlite_path",
+                    "is empty; e.g. \"usage.db\"",
+                ));
+            }
+            Storage::Sqlite(self.sqlite_path)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Storage::Postgres(SecretString::from(url))
+        } else {
+            return Err(invalid(
+                "storage.url",
+                "must be a postgres:// URL (leave it empty for SQLite at storage.sqlite_path)",
+            ));
+        };
+        if self.queue_capacity == 0 {
+            return Err(invalid(
+                "storage.queue_capacity",
+                "must be at least 1 (e.g. 10000)",
+            ));
+        }
+        Ok(StorageConfig {
+            backend,
+            queue_capacity: self.queue_capacity,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -183,6 +235,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
     pub state: StateConfig,
+    pub storage: StorageConfig,
     /// Things that work but should be fixed; logged once at start.
     pub warnings: Vec<String>,
 }
@@ -237,6 +290,40 @@ pub struct UpstreamConfig {
     pub base_url: Url,
     pub timeout: Duration,
     pub max_request: Duration,
+}
+
+/// Where the usage ledger lives.
+#[derive(Debug)]
+pub struct StorageConfig {
+    pub backend: Storage,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug)]
+pub enum Storage {
+    /// A SQLite file (created on first start), or `:memory:`.
+    Sqlite(String),
+    /// A PostgreSQL URL; may carry a password, so never printed.
+    Postgres(SecretString),
+}
+
+impl StorageConfig {
+    /// The connection URL (contains the password for PostgreSQL: do not log).
+    pub fn url(&self) -> String {
+        match &self.backend {
+            Storage::Sqlite(path) if path == ":memory:" => "sqlite::memory:".into(),
+            Storage::Sqlite(path) => format!("sqlite://{path}?mode=rwc"),
+            Storage::Postgres(url) => url.expose_secret().to_owned(),
+        }
+    }
+
+    /// For messages: which database, without credentials.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Storage::Sqlite(path) => format!("SQLite at {path}"),
+            Storage::Postgres(_) => "PostgreSQL at storage.url".into(),
+        }
+    }
 }
 
 /// Where shared state lives.
@@ -415,6 +502,7 @@ impl RawConfig {
             auth,
             upstream: self.deepseek.validate(env)?,
             state,
+            storage: self.storage.validate(env)?,
             warnings,
         })
     }

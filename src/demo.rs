@@ -23,6 +23,9 @@ password = "admin123"
 [[auth.users]]
 username = "user1"
 password = "pass123"
+
+[storage]
+sqlite_path = ":memory:"
 "#;
 
 const DEMO_KEY: &str = "sk-demo-not-a-real-key";

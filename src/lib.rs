@@ -14,6 +14,7 @@ pub mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod ledger;
 pub mod limits;
 pub mod proxy;
 pub mod routes;

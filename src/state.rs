@@ -9,6 +9,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::password::{Passwords, Stored};
 use crate::client_ip::IpNet;
 use crate::config::Config;
+use crate::ledger::Ledger;
 use crate::proxy::Upstream;
 use crate::store::{self, Store, StoreSettings};
 
@@ -43,6 +44,7 @@ pub struct Inner {
     /// Slots, login cache, revocations, failure counters: memory or Redis.
     pub store: Arc<dyn Store>,
     pub upstream: Upstream,
+    pub ledger: Ledger,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
@@ -59,7 +61,7 @@ impl Deref for AppState {
 impl AppState {
     /// Builds the state from a validated config. Fails only if the HTTP client
     /// cannot be built (for example, no TLS roots).
-    pub fn new(config: Config) -> Result<Self, String> {
+    pub fn new(config: Config, ledger: Ledger) -> Result<Self, String> {
         let upstream = Upstream::new(&config.upstream)?;
         let auth = config.auth;
         let store = store::select(
@@ -95,6 +97,7 @@ impl AppState {
             token_ttl: auth.token_ttl,
             store,
             upstream,
+            ledger,
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             trusted_proxies: config.server.trusted_proxies,

@@ -15,13 +15,16 @@ fn model_accepts(route: Route, body: &[u8]) -> bool {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
         return false;
     };
+    // `model` and `stream` are read by the gateway, so their types count.
     let model_ok = matches!(
         map.get("model"),
-        None | Some(Value::String(_)) | Some(Value::Null)
+        None | Some(Value::String(_) | Value::Null)
     );
+    let stream_ok = matches!(map.get("stream"), None | Some(Value::Bool(_) | Value::Null));
+    let typed_ok = model_ok && stream_ok;
     match route {
-        Route::BetaCompletions => map.contains_key("prompt") && model_ok,
-        _ => matches!(map.get("messages"), Some(Value::Array(_))) && model_ok,
+        Route::BetaCompletions => map.contains_key("prompt") && typed_ok,
+        _ => matches!(map.get("messages"), Some(Value::Array(_))) && typed_ok,
     }
 }
 

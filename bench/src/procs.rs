@@ -112,7 +112,7 @@ async fn hash_password(bin: &PathBuf, password: &str) -> Result<String, String> 
 
 /// Plaintext users only: one Argon2 user would make every password hashed
 /// at start (see `auth::password`), which for 10,000 users takes minutes.
-fn config(users: usize, fake_base: &str, state: &str) -> String {
+fn config(users: usize, fake_base: &str, state: &str, ledger: &std::path::Path) -> String {
     let mut text = format!(
         "[server]\nhost = \"127.0.0.1\"\nport = 0\nmax_connections = 50000\n\
          [auth]\njwt_secret = \"{}\"\nlogin_max_failures_per_ip_per_minute = 1000000\n",
@@ -124,7 +124,9 @@ fn config(users: usize, fake_base: &str, state: &str) -> String {
         ));
     }
     text.push_str(&format!(
-        "[deepseek]\napi_key = \"{KEY}\"\nbase_url = \"{fake_base}\"\ntimeout_seconds = 60\n[state]\n{state}\n"
+        "[deepseek]\napi_key = \"{KEY}\"\nbase_url = \"{fake_base}\"\ntimeout_seconds = 60\n[state]\n{state}\n\
+         [storage]\nsqlite_path = \"{}\"\n",
+        ledger.display()
     ));
     text
 }
@@ -183,7 +185,16 @@ impl Procs {
         let mut gateways = Vec::new();
         for (name, state) in states {
             let path = dir.join(format!("{name}.toml"));
-            std::fs::write(&path, config(users, &fake_base, &state)).map_err(|e| e.to_string())?;
+            std::fs::write(
+                &path,
+                config(
+                    users,
+                    &fake_base,
+                    &state,
+                    &dir.join(format!("{name}-usage.db")),
+                ),
+            )
+            .map_err(|e| e.to_string())?;
             let mut cmd = Command::new(&bin);
             cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
             if let Ok(workers) = std::env::var("BENCH_GATEWAY_WORKERS") {
@@ -277,7 +288,8 @@ impl Procs {
         ] {
             let text = format!(
                 "[server]\nhost = \"127.0.0.1\"\nport = 0\n[auth]\njwt_secret = \"{}\"\n\
-                 login_cache_seconds = {cache}\n{users}[deepseek]\napi_key = \"{KEY}\"\nbase_url = \"{}\"\n",
+                 login_cache_seconds = {cache}\n{users}[deepseek]\napi_key = \"{KEY}\"\nbase_url = \"{}\"\n\
+                 [storage]\nsqlite_path = \":memory:\"\n",
                 "b".repeat(40),
                 self.fake_base
             );

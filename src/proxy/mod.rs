@@ -93,7 +93,9 @@ pub async fn beta_completions(
 }
 
 /// `GET /models` and `GET /v1/models`: authenticated, but no slot taken.
-pub async fn models(_: AuthToken, cx: Context) -> Result<Response, ApiError> {
+pub async fn models(token: AuthToken, cx: Context) -> Result<Response, ApiError> {
+    cx.log
+        .set_request(Route::Models.name(), token.token_id, None, false);
     forward(Route::Models, &cx, None, &mut None).await
 }
 
@@ -112,6 +114,12 @@ async fn completion(
         let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
         cx.log.set_bytes_in(body.len());
         let checked = check_body(route, &body)?;
+        cx.log.set_request(
+            route.name(),
+            token.token_id,
+            checked.model.as_deref(),
+            checked.stream,
+        );
         if !token.account.may_use(checked.model.as_deref()) {
             return Err(ApiError::ModelNotAllowed);
         }
@@ -163,6 +171,7 @@ async fn forward(
 #[derive(Debug)]
 pub struct CheckedBody<'a> {
     pub model: Option<Cow<'a, str>>,
+    pub stream: bool,
 }
 
 /// The body of a chat route must be a JSON object with a `messages` array;
@@ -176,6 +185,8 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
         messages: Vec<IgnoredAny>,
         #[serde(borrow, default)]
         model: Option<Cow<'a, str>>,
+        #[serde(default)]
+        stream: Option<bool>,
     }
     #[derive(Deserialize)]
     struct Fim<'a> {
@@ -183,17 +194,25 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
         prompt: IgnoredAny,
         #[serde(borrow, default)]
         model: Option<Cow<'a, str>>,
+        #[serde(default)]
+        stream: Option<bool>,
     }
     // serde's derived structs also accept a JSON array of the fields in
     // order; a body must be an object, so say so before parsing.
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
     let (parsed, expected) = match route {
         Route::BetaCompletions => (
-            serde_json::from_slice::<Fim>(body).map(|b| CheckedBody { model: b.model }),
+            serde_json::from_slice::<Fim>(body).map(|b| CheckedBody {
+                model: b.model,
+                stream: b.stream.unwrap_or(false),
+            }),
             "a JSON object with a \"prompt\"",
         ),
         _ => (
-            serde_json::from_slice::<Chat>(body).map(|b| CheckedBody { model: b.model }),
+            serde_json::from_slice::<Chat>(body).map(|b| CheckedBody {
+                model: b.model,
+                stream: b.stream.unwrap_or(false),
+            }),
             "a JSON object with a \"messages\" array",
         ),
     };

@@ -26,6 +26,18 @@ pub enum Route {
     Models,
 }
 
+impl Route {
+    /// The name recorded in the usage ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Chat => "chat",
+            Route::BetaChat => "beta_chat",
+            Route::BetaCompletions => "beta_completions",
+            Route::Models => "models",
+        }
+    }
+}
+
 pub struct Upstream {
     client: reqwest::Client,
     /// `Bearer <key>`, marked sensitive so it never prints through Debug.

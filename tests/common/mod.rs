@@ -38,6 +38,8 @@ pub struct Settings {
     pub jwt_secret: Option<String>,
     /// Lines for `[state]`, e.g. `backend = "redis"`.
     pub state: String,
+    /// Lines for `[storage]` (default: an in-memory SQLite ledger).
+    pub storage: String,
 }
 
 /// The default users, as TOML.
@@ -66,6 +68,7 @@ impl Default for Settings {
             users: None,
             jwt_secret: None,
             state: String::new(),
+            storage: "sqlite_path = \":memory:\"".into(),
         }
     }
 }
@@ -112,6 +115,9 @@ max_request_seconds = {max_request}
 
 [state]
 {state}
+
+[storage]
+{storage}
 "#,
         max_body = s.max_body_bytes,
         grace = s.shutdown_grace_seconds,
@@ -123,6 +129,7 @@ max_request_seconds = {max_request}
         auth_extra = s.auth_extra,
         users = s.users.as_deref().unwrap_or(DEFAULT_USERS),
         state = s.state,
+        storage = s.storage,
     )
 }
 

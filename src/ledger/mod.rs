@@ -1,0 +1,166 @@
+//! The usage ledger: one row per upstream-bound request, in SQLite (the
+//! default, one file) or PostgreSQL (shared by several replicas), through
+//! the same sqlx code.
+//!
+//! Rows are written off the request path: [`Ledger::record`] puts a row on a
+//! bounded queue and returns at once. If the queue is full the row is
+//! dropped, counted ([`Ledger::dropped`]) and warned about: the request path
+//! never waits for the database. A writer task inserts batches at least once
+//! a second, and [`Ledger::close`] flushes everything on shutdown, so a
+//! clean stop loses nothing.
+
+mod schema;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::StorageConfig;
+
+/// Rows written per transaction at most.
+const BATCH_ROWS: usize = 500;
+/// The longest a row waits in the queue before it is written.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the last rows to be written.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One upstream-bound request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub ts_ms: i64,
+    pub username: String,
+    /// The token's `jti`, never the token.
+    pub token_id: String,
+    pub route: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub status: i64,
+    pub upstream_status: Option<i64>,
+    pub error_code: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+    pub reasoning_tokens: Option<i64>,
+    /// Set instead of `completion_tokens` when the request ended before
+    /// DeepSeek reported its usage.
+    pub completion_tokens_estimated: Option<i64>,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub client_ip: String,
+    pub outcome: String,
+}
+
+enum Msg {
+    Row(Box<UsageRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A handle to the ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Ledger {
+    /// Connects, creates or migrates the schema, and starts the writer.
+    pub async fn open(config: &StorageConfig) -> Result<Ledger, String> {
+        sqlx::any::install_default_drivers();
+        let url = config.url();
+        let is_memory = url.contains(":memory:");
+        // An in-memory SQLite database lives in one connection.
+        let max = if is_memory { 1 } else { 4 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .map_err(|e| format!("cannot open the usage ledger ({}): {e}", config.describe()))?;
+        schema::migrate(&pool, url.starts_with("sqlite"))
+            .await
+            .map_err(|e| format!("cannot prepare the usage ledger schema: {e}"))?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        tokio::spawn(write_rows(pool, rx));
+        Ok(Ledger {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Queues a row; never waits. A full queue drops the row (counted).
+    pub fn record(&self, row: UsageRecord) {
+        if self.tx.try_send(Msg::Row(Box::new(row))).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // One warning per thousand drops keeps a flood out of the log.
+            if dropped % 1000 == 1 {
+                tracing::warn!(dropped, "usage ledger queue full; rows dropped");
+            }
+        }
+    }
+
+    /// Rows dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Rows waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Writes every queued row, then returns (bounded by a timeout).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+        }
+    }
+}
+
+async fn write_rows(pool: AnyPool, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH_ROWS);
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        let flush_done = tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Msg::Row(row)) => {
+                    batch.push(*row);
+                    if batch.len() < BATCH_ROWS {
+                        continue;
+                    }
+                    None
+                }
+                Some(Msg::Flush(done)) => Some(done),
+                None => {
+                    insert(&pool, &mut batch).await;
+                    return;
+                }
+            },
+            _ = tick.tick() => None,
+        };
+        insert(&pool, &mut batch).await;
+        if let Some(done) = flush_done {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn insert(pool: &AnyPool, batch: &mut Vec<UsageRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    let rows = batch.len();
+    if let Err(e) = schema::insert(pool, batch).await {
+        tracing::error!(error = %e, rows, "usage ledger write failed; rows lost");
+    }
+    batch.clear();
+}
+
+pub use schema::{totals, Totals};

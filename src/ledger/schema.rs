@@ -1,0 +1,135 @@
+//! The ledger's SQL: one dialect that SQLite and PostgreSQL both accept
+//! (`$n` parameters, BIGINT, TEXT, DOUBLE PRECISION), and numbered
+//! migrations applied at start.
+
+use sqlx::AnyPool;
+use sqlx::Row;
+
+use super::UsageRecord;
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS usage_log (
+        request_id TEXT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        username TEXT NOT NULL,
+        token_id TEXT NOT NULL,
+        route TEXT NOT NULL,
+        model TEXT,
+        stream BIGINT NOT NULL,
+        status BIGINT NOT NULL,
+        upstream_status BIGINT,
+        error_code TEXT,
+        prompt_tokens BIGINT,
+        completion_tokens BIGINT,
+        cached_tokens BIGINT,
+        reasoning_tokens BIGINT,
+        completion_tokens_estimated BIGINT,
+        latency_ms DOUBLE PRECISION NOT NULL,
+        ttfb_ms DOUBLE PRECISION,
+        bytes_in BIGINT NOT NULL,
+        bytes_out BIGINT NOT NULL,
+        client_ip TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS usage_log_user_ts ON usage_log (username, ts_ms);
+    CREATE INDEX IF NOT EXISTS usage_log_ts ON usage_log (ts_ms);"];
+
+pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
+    if sqlite {
+        // WAL: readers (the usage CLI) never block the writer.
+        sqlx::query("PRAGMA journal_mode=WAL").execute(pool).await?;
+    }
+    sqlx::query("CREATE TABLE IF NOT EXISTS ledger_schema (version BIGINT NOT NULL)")
+        .execute(pool)
+        .await?;
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM ledger_schema")
+        .fetch_one(pool)
+        .await?
+        .try_get("v")?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let mut tx = pool.begin().await?;
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO ledger_schema (version) VALUES ($1)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+const INSERT: &str = "INSERT INTO usage_log (request_id, ts_ms, username, token_id, route, model, \
+    stream, status, upstream_status, error_code, prompt_tokens, completion_tokens, cached_tokens, \
+    reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, bytes_out, \
+    client_ip, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+    $16, $17, $18, $19, $20, $21)";
+
+/// Writes `rows` in one transaction.
+pub async fn insert(pool: &AnyPool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for r in rows {
+        sqlx::query(INSERT)
+            .bind(&r.request_id)
+            .bind(r.ts_ms)
+            .bind(&r.username)
+            .bind(&r.token_id)
+            .bind(&r.route)
+            .bind(r.model.clone())
+            .bind(i64::from(r.stream))
+            .bind(r.status)
+            .bind(r.upstream_status)
+            .bind(r.error_code.clone())
+            .bind(r.prompt_tokens)
+            .bind(r.completion_tokens)
+            .bind(r.cached_tokens)
+            .bind(r.reasoning_tokens)
+            .bind(r.completion_tokens_estimated)
+            .bind(r.latency_ms)
+            .bind(r.ttfb_ms)
+            .bind(r.bytes_in)
+            .bind(r.bytes_out)
+            .bind(&r.client_ip)
+            .bind(&r.outcome)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Per-user totals since `since_ms`, for the `usage` command and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub username: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub estimated_tokens: i64,
+}
+
+pub async fn totals(pool_url: &str, since_ms: i64) -> Result<Vec<Totals>, sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let pool = AnyPool::connect(pool_url).await?;
+    let rows = sqlx::query(
+        "SELECT username, CAST(COUNT(*) AS BIGINT) AS requests, \
+         CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt, \
+         CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, \
+         CAST(COALESCE(SUM(completion_tokens_estimated), 0) AS BIGINT) AS estimated \
+         FROM usage_log WHERE ts_ms >= $1 GROUP BY username ORDER BY username",
+    )
+    .bind(since_ms)
+    .fetch_all(&pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Totals {
+                username: row.try_get("username")?,
+                requests: row.try_get("requests")?,
+                prompt_tokens: row.try_get("prompt")?,
+                completion_tokens: row.try_get("completion")?,
+                estimated_tokens: row.try_get("estimated")?,
+            })
+        })
+        .collect()
+}

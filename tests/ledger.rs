@@ -1,0 +1,191 @@
+//! The usage ledger lands every upstream-bound request, with the right
+//! numbers, in a real SQLite file and a real PostgreSQL database.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{chat_body, chat_body_with, random_hex, spawn_app_with, TestApp, ADMIN, USER1};
+use futures_util::StreamExt;
+use serde_json::json;
+use sqlx::{AnyPool, Row};
+
+/// Drives one request of each kind; returns their request ids.
+async fn drive(app: &TestApp) -> [String; 5] {
+    let ids =
+        ["stream", "plain", "aborted", "failed", "models"].map(|k| format!("{k}-{}", random_hex()));
+    let token = app.token(ADMIN).await;
+    let other = app.token(USER1).await;
+    let send = |id: &str, token: &str, body: serde_json::Value| {
+        app.http
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(token.to_owned())
+            .header("x-request-id", id.to_owned())
+            .json(&body)
+            .send()
+    };
+    let r = send(&ids[0], &token, chat_body(true))
+        .await
+        .expect("stream");
+    let _ = r.bytes().await;
+    let mut reasoner = chat_body(false);
+    reasoner["model"] = json!("deepseek-reasoner");
+    let r = send(&ids[1], &token, reasoner).await.expect("plain");
+    let _ = r.bytes().await;
+    let slow = chat_body_with(true, json!({"chunks": 30, "chunk_delay_ms": 50}));
+    let r = send(&ids[2], &other, slow).await.expect("aborted");
+    let mut body = r.bytes_stream();
+    let _ = body.next().await;
+    let _ = body.next().await;
+    drop(body);
+    let r = send(
+        &ids[3],
+        &token,
+        chat_body_with(false, json!({"fail": {"status": 500}})),
+    )
+    .await
+    .expect("failed");
+    assert_eq!(r.status(), 502);
+    let r = app
+        .http
+        .get(app.url("/v1/models"))
+        .bearer_auth(&token)
+        .header("x-request-id", ids[4].clone())
+        .send()
+        .await
+        .expect("models");
+    let _ = r.bytes().await;
+    ids
+}
+
+async fn rows(url: &str) -> Vec<sqlx::any::AnyRow> {
+    sqlx::any::install_default_drivers();
+    let pool = AnyPool::connect(url).await.expect("connect to the ledger");
+    sqlx::query(
+        "SELECT request_id, username, token_id, route, model, stream, status, upstream_status, \
+         error_code, prompt_tokens, completion_tokens, reasoning_tokens, \
+         completion_tokens_estimated, bytes_out, client_ip, outcome FROM usage_log",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("query")
+}
+
+async fn check(app: &TestApp, url: &str) {
+    let ids = drive(app).await;
+    // Let the aborted request's line be written, then flush the queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.state.ledger.flush().await;
+    let rows = rows(url).await;
+    let get = |id: &str| {
+        rows.iter()
+            .find(|r| r.get::<String, _>("request_id") == id)
+            .unwrap_or_else(|| panic!("no row for {id}"))
+    };
+    let i = |r: &sqlx::any::AnyRow, c: &str| r.get::<Option<i64>, _>(c);
+    let s = |r: &sqlx::any::AnyRow, c: &str| r.get::<Option<String>, _>(c);
+
+    let stream = get(&ids[0]);
+    assert_eq!(s(stream, "username").as_deref(), Some("admin"));
+    assert_eq!(s(stream, "route").as_deref(), Some("chat"));
+    assert_eq!(s(stream, "model").as_deref(), Some("deepseek-chat"));
+    assert_eq!(i(stream, "stream"), Some(1));
+    assert_eq!(
+        (i(stream, "status"), i(stream, "upstream_status")),
+        (Some(200), Some(200))
+    );
+    assert_eq!(i(stream, "prompt_tokens"), Some(11));
+    assert!(i(stream, "completion_tokens").is_some_and(|n| n > 0));
+    assert_eq!(i(stream, "completion_tokens_estimated"), None);
+    assert_eq!(s(stream, "outcome").as_deref(), Some("completed"));
+    assert_eq!(
+        s(stream, "token_id").map(|t| t.len()),
+        Some(32),
+        "the jti, not the token"
+    );
+    assert!(i(stream, "bytes_out").is_some_and(|n| n > 0));
+    assert_eq!(s(stream, "client_ip").as_deref(), Some("127.0.0.1"));
+
+    let plain = get(&ids[1]);
+    assert_eq!(i(plain, "stream"), Some(0));
+    assert_eq!(
+        i(plain, "reasoning_tokens"),
+        Some(10),
+        "reasoning tokens of the reasoner"
+    );
+
+    let aborted = get(&ids[2]);
+    assert_eq!(s(aborted, "username").as_deref(), Some("user1"));
+    assert_eq!(s(aborted, "outcome").as_deref(), Some("client_aborted"));
+    assert_eq!(
+        i(aborted, "completion_tokens"),
+        None,
+        "never a zero posing as a measurement"
+    );
+    assert!(i(aborted, "completion_tokens_estimated").is_some_and(|n| n > 0));
+
+    let failed = get(&ids[3]);
+    assert_eq!(i(failed, "status"), Some(502));
+    assert_eq!(s(failed, "error_code").as_deref(), Some("upstream_error"));
+    assert_eq!(i(failed, "prompt_tokens"), None);
+
+    let models = get(&ids[4]);
+    assert_eq!(s(models, "route").as_deref(), Some("models"));
+    assert_eq!(rows.len(), 5, "logins and other routes are not ledger rows");
+}
+
+#[tokio::test]
+async fn every_kind_of_request_lands_in_sqlite_with_the_right_numbers() {
+    let dir = std::env::temp_dir().join(format!("ledger-{}", random_hex()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("usage.db");
+    let path_text = path.to_string_lossy().to_string();
+    let storage = format!("sqlite_path = \"{path_text}\"");
+    let app = spawn_app_with(|s| s.storage = storage).await;
+    check(&app, &format!("sqlite://{path_text}")).await;
+    drop(app);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A throw-away database on the PostgreSQL at `DATABASE_URL`, else on
+/// 127.0.0.1:5432; `None` (skipped loudly, or failing under CI) without one.
+async fn postgres() -> Option<(String, String, String)> {
+    let admin = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::any::install_default_drivers();
+    let pool = match AnyPool::connect(&admin).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("PostgreSQL tests cannot run ({e}); CI is set, so this fails");
+            }
+            eprintln!("\n!!! SKIPPED: PostgreSQL ledger test: no server at {admin}: {e} !!!\n");
+            return None;
+        }
+    };
+    let name = format!("ledger_test_{}", random_hex());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .expect("create a throw-away database");
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(b, _)| b)
+        .to_owned();
+    Some((admin, format!("{base}/{name}"), name))
+}
+
+#[tokio::test]
+async fn every_kind_of_request_lands_in_postgres_with_the_right_numbers() {
+    let Some((admin, url, name)) = postgres().await else {
+        return;
+    };
+    let storage = format!("url = \"{url}\"");
+    let app = spawn_app_with(|s| s.storage = storage).await;
+    check(&app, &url).await;
+    drop(app);
+    let pool = AnyPool::connect(&admin).await.expect("admin connection");
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&pool)
+        .await;
+}
