@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use deepseek_proxy::config::{process_env, Config};
+use deepseek_proxy::ledger::GroupBy;
 use deepseek_proxy::{cli, demo, telemetry, App};
 
 /// A gateway that lets a team share one DeepSeek API key safely.
@@ -26,12 +27,37 @@ enum Command {
     /// Read a password (hidden, or from stdin when piped) and print its
     /// Argon2id hash for `password_hash` in config.toml.
     HashPassword,
+    /// Print totals from the usage ledger named in the config.
+    Usage {
+        /// How far back: 7d, 12h, 30m.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Group by user, model or day.
+        #[arg(long, value_enum, default_value = "user")]
+        by: By,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum By {
+    User,
+    Model,
+    Day,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::HashPassword) = cli.command {
-        return cli::hash_password();
+    match cli.command {
+        Some(Command::HashPassword) => return cli::hash_password(),
+        Some(Command::Usage { since, by }) => {
+            let by = match by {
+                By::User => GroupBy::User,
+                By::Model => GroupBy::Model,
+                By::Day => GroupBy::Day,
+            };
+            return cli::usage(&cli.config, &since, by);
+        }
+        None => {}
     }
     telemetry::init();
     // Config errors are reported before anything binds a port.

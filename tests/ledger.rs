@@ -141,8 +141,53 @@ async fn every_kind_of_request_lands_in_sqlite_with_the_right_numbers() {
     let path = dir.join("usage.db");
     let path_text = path.to_string_lossy().to_string();
     let storage = format!("sqlite_path = \"{path_text}\"");
-    let app = spawn_app_with(|s| s.storage = storage).await;
+    let app = spawn_app_with(|s| s.storage = storage.clone()).await;
     check(&app, &format!("sqlite://{path_text}")).await;
+
+    // The usage command reads the same ledger through the same config.
+    let settings = common::Settings {
+        storage,
+        ..common::Settings::default()
+    };
+    let config = dir.join("config.toml");
+    let text = common::config_toml(&settings, "http://127.0.0.1:9/v1", "", &"s".repeat(40));
+    std::fs::write(&config, text).expect("config");
+    let usage = |by: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_deepseek_proxy"))
+            .arg("--config")
+            .arg(&config)
+            .args(["usage", "--since", "1d", "--by", by])
+            .env_remove("OPENAI_API_KEY")
+            .output()
+            .expect("run usage");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let by_user = usage("user");
+    let admin = by_user
+        .lines()
+        .find(|l| l.starts_with("admin"))
+        .expect("admin row");
+    assert_eq!(admin.split_whitespace().nth(1), Some("4"), "{by_user}");
+    let user1 = by_user
+        .lines()
+        .find(|l| l.starts_with("user1"))
+        .expect("user1 row");
+    assert_eq!(user1.split_whitespace().nth(1), Some("1"), "{by_user}");
+    assert!(
+        user1.split_whitespace().nth(4).is_some_and(|n| n != "0"),
+        "estimate shown: {by_user}"
+    );
+    assert!(usage("model").contains("deepseek-reasoner"));
+    let today = usage("day");
+    assert!(
+        today.lines().nth(1).is_some_and(|l| l.starts_with("20")),
+        "{today}"
+    );
     drop(app);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -163,4 +163,4 @@ async fn insert(pool: &AnyPool, batch: &mut Vec<UsageRecord>) {
     batch.clear();
 }
 
-pub use schema::{totals, Totals};
+pub use schema::{totals, GroupBy, Totals};

@@ -98,33 +98,53 @@ pub async fn insert(pool: &AnyPool, rows: &[UsageRecord]) -> Result<(), sqlx::Er
     tx.commit().await
 }
 
-/// Per-user totals since `since_ms`, for the `usage` command and tests.
+/// What the `usage` command groups rows by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    User,
+    Model,
+    /// UTC day.
+    Day,
+}
+
+impl GroupBy {
+    fn sql(self) -> &'static str {
+        match self {
+            GroupBy::User => "username",
+            GroupBy::Model => "COALESCE(model, '-')",
+            GroupBy::Day => "CAST(ts_ms / 86400000 AS TEXT)",
+        }
+    }
+}
+
+/// Totals of one group since `since_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Totals {
-    pub username: String,
+    /// The user, the model, or the UTC day as days since 1970-01-01.
+    pub key: String,
     pub requests: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub estimated_tokens: i64,
 }
 
-pub async fn totals(pool_url: &str, since_ms: i64) -> Result<Vec<Totals>, sqlx::Error> {
+pub async fn totals(url: &str, since_ms: i64, by: GroupBy) -> Result<Vec<Totals>, sqlx::Error> {
     sqlx::any::install_default_drivers();
-    let pool = AnyPool::connect(pool_url).await?;
-    let rows = sqlx::query(
-        "SELECT username, CAST(COUNT(*) AS BIGINT) AS requests, \
+    let pool = AnyPool::connect(url).await?;
+    let group = by.sql();
+    // `group` is one of three constants above, never user input.
+    let sql = format!(
+        "SELECT {group} AS k, CAST(COUNT(*) AS BIGINT) AS requests, \
          CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt, \
          CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, \
          CAST(COALESCE(SUM(completion_tokens_estimated), 0) AS BIGINT) AS estimated \
-         FROM usage_log WHERE ts_ms >= $1 GROUP BY username ORDER BY username",
-    )
-    .bind(since_ms)
-    .fetch_all(&pool)
-    .await?;
+         FROM usage_log WHERE ts_ms >= $1 GROUP BY {group} ORDER BY {group}"
+    );
+    let rows = sqlx::query(&sql).bind(since_ms).fetch_all(&pool).await?;
     rows.iter()
         .map(|row| {
             Ok(Totals {
-                username: row.try_get("username")?,
+                key: row.try_get("k")?,
                 requests: row.try_get("requests")?,
                 prompt_tokens: row.try_get("prompt")?,
                 completion_tokens: row.try_get("completion")?,
