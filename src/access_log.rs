@@ -21,7 +21,8 @@ use http_body::Frame;
 
 use crate::client_ip::{client_ip, ClientIp};
 use crate::error::ErrorCode;
-use crate::ledger::{Ledger, UsageRecord};
+use crate::ledger::UsageRecord;
+use crate::metrics::Observed;
 use crate::state::AppState;
 use crate::usage::Usage;
 
@@ -149,7 +150,7 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
     let client = client_ip(peer, req.headers(), &state.trusted_proxies);
     req.extensions_mut().insert(ClientIp(client));
     let line = Line {
-        ledger: state.ledger.clone(),
+        state: state.clone(),
         request_id: id.clone(),
         method: req.method().to_string(),
         path: req
@@ -191,7 +192,8 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
 }
 
 struct Line {
-    ledger: Ledger,
+    /// For the ledger and the metrics (one reference count to clone).
+    state: AppState,
     request_id: HeaderValue,
     method: String,
     path: String,
@@ -301,10 +303,32 @@ impl Line {
                 .map(tracing::field::display),
             "request"
         );
+        // A fixed set of labels: paths are client-chosen.
+        let route_label = match l.path.as_str() {
+            "/chat/completions" | "/v1/chat/completions" => "chat",
+            "/beta/chat/completions" => "beta_chat",
+            "/beta/completions" => "beta_completions",
+            "/models" | "/v1/models" => "models",
+            "/auth/login" => "login",
+            "/auth/logout" => "logout",
+            "/healthz" | "/readyz" => "health",
+            _ => "other",
+        };
+        let model: String = r.model.as_deref().unwrap_or("-").chars().take(64).collect();
+        self.state.metrics.observe(&Observed {
+            route: route_label,
+            status: l.status,
+            code: l.error.unwrap_or(""),
+            seconds: l.start.elapsed().as_secs_f64(),
+            upstream_ttfb_seconds: r.ttfb.map(|d| d.as_secs_f64()),
+            user: r.user.as_deref().unwrap_or("-"),
+            model: &model,
+            usage: r.usage.as_ref(),
+        });
         if let Some(route) = r.route {
             let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             let usage = r.usage.as_ref();
-            self.ledger.record(UsageRecord {
+            self.state.ledger.record(UsageRecord {
                 request_id: l.request_id.to_str().unwrap_or("-").to_owned(),
                 ts_ms: unix_ms(),
                 username: r.user.clone().unwrap_or_default(),

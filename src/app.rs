@@ -28,6 +28,7 @@ use crate::state::AppState;
 
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     router: Router,
     state: AppState,
     limits: Limits,
@@ -62,6 +63,7 @@ impl App {
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let limits = Limits::from(&config.server);
         let cors = config.server.cors_allowed_origins.clone();
+        let metrics_addr = config.server.metrics_addr.clone();
         let ledger = Ledger::open(&config.storage)
             .await
             .map_err(std::io::Error::other)?;
@@ -69,8 +71,18 @@ impl App {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let metrics_listener = match &metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on metrics_addr {addr}: {e}"),
+                )
+            })?),
+            None => None,
+        };
         Ok(App {
             listener,
+            metrics_listener,
             router: router(state.clone(), &cors),
             state,
             limits,
@@ -79,6 +91,11 @@ impl App {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served, if `metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
     }
 
     /// The shared state, for tests that look inside (slots in flight).
@@ -99,6 +116,12 @@ impl App {
             .max_buf_size(limits.max_header_bytes);
         let graceful = GracefulShutdown::new();
         let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let app = Router::new()
+                .route("/metrics", axum::routing::get(serve_metrics))
+                .with_state(self.state.clone());
+            tokio::spawn(async move { axum::serve(listener, app).await })
+        });
         tokio::pin!(shutdown);
 
         loop {
@@ -151,8 +174,19 @@ impl App {
                 );
             }
         }
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         // Every row queued so far reaches the database before we exit.
         self.state.ledger.flush().await;
         Ok(())
     }
+}
+
+async fn serve_metrics(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+    state.metrics.render(
+        state.store.in_flight(),
+        state.ledger.queued(),
+        state.ledger.dropped(),
+    )
 }

@@ -136,6 +136,7 @@ struct RawServer {
     body_read_timeout_seconds: u64,
     trusted_proxies: Vec<String>,
     cors_allowed_origins: Vec<String>,
+    metrics_addr: String,
 }
 
 impl Default for RawServer {
@@ -151,6 +152,7 @@ impl Default for RawServer {
             body_read_timeout_seconds: 30,
             trusted_proxies: Vec::new(),
             cors_allowed_origins: Vec::new(),
+            metrics_addr: String::new(),
         }
     }
 }
@@ -252,6 +254,8 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub cors_allowed_origins: Vec<HeaderValue>,
+    /// Where `GET /metrics` is served; `None`: nowhere.
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug)]
@@ -571,6 +575,7 @@ impl RawServer {
             body_read_timeout: Duration::from_secs(self.body_read_timeout_seconds),
             trusted_proxies,
             cors_allowed_origins,
+            metrics_addr: Some(self.metrics_addr.trim().to_owned()).filter(|a| !a.is_empty()),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod error;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod state;

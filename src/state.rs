@@ -10,6 +10,7 @@ use crate::auth::password::{Passwords, Stored};
 use crate::client_ip::IpNet;
 use crate::config::Config;
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::store::{self, Store, StoreSettings};
 
@@ -45,6 +46,7 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub upstream: Upstream,
     pub ledger: Ledger,
+    pub metrics: Metrics,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
@@ -98,6 +100,7 @@ impl AppState {
             store,
             upstream,
             ledger,
+            metrics: Metrics::new(),
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             trusted_proxies: config.server.trusted_proxies,

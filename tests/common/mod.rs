@@ -75,6 +75,8 @@ impl Default for Settings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics_addr` is configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub base: String,
     pub fake: FakeDeepSeek,
     pub api_key: String,
@@ -153,6 +155,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let config = Config::from_toml(&text, &no_env).expect("test config is valid");
     let app = App::build(config).await.expect("app builds");
     let addr = app.local_addr().expect("bound");
+    let metrics_addr = app.metrics_addr();
     let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async move {
@@ -160,6 +163,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     }));
     TestApp {
         addr,
+        metrics_addr,
         base: format!("http://{addr}"),
         fake,
         api_key,

@@ -1,0 +1,155 @@
+//! Prometheus metrics, served at `GET /metrics` on `[server] metrics_addr`
+//! (a separate listener, off by default: bind it where only your monitoring
+//! can reach it). Labels never carry a token or a token id: users and models
+//! are the finest grain.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::usage::Usage;
+
+/// Latency buckets in seconds: 1 ms to 10 minutes (streams run long).
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_ttfb: HistogramVec,
+    rejected: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    tokens: IntCounterVec,
+    in_flight: IntGauge,
+    ledger_queue: IntGauge,
+    ledger_dropped: IntGauge,
+}
+
+/// One finished request, as the access log saw it.
+pub struct Observed<'a> {
+    pub route: &'a str,
+    pub status: u16,
+    pub code: &'a str,
+    pub seconds: f64,
+    pub upstream_ttfb_seconds: Option<f64>,
+    pub user: &'a str,
+    pub model: &'a str,
+    pub usage: Option<&'a Usage>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("deepseek_proxy".into()), None).unwrap_or_default();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, &["route"]).expect("valid metric");
+            let _ = registry.register(Box::new(h.clone()));
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        Self {
+            requests: counter(
+                "requests_total",
+                "Requests by route, status and error code.",
+                &["route", "status", "code"],
+            ),
+            duration: histogram(
+                "request_duration_seconds",
+                "Time from request to the end of the response body.",
+            ),
+            upstream_ttfb: histogram(
+                "upstream_ttfb_seconds",
+                "Time from sending upstream to DeepSeek's response head.",
+            ),
+            rejected: counter(
+                "rejected_total",
+                "429 answers by reason (token_busy, login_throttled, upstream_rate_limited).",
+                &["reason"],
+            ),
+            upstream_errors: counter(
+                "upstream_errors_total",
+                "Upstream failures by kind (the error code).",
+                &["kind"],
+            ),
+            tokens: counter(
+                "tokens_total",
+                "Tokens DeepSeek reported, by user, model and kind.",
+                &["user", "model", "kind"],
+            ),
+            in_flight: gauge(
+                "in_flight_requests",
+                "Completion requests holding a slot now.",
+            ),
+            ledger_queue: gauge("ledger_queue_depth", "Usage rows waiting to be written."),
+            ledger_dropped: gauge(
+                "ledger_dropped_rows",
+                "Usage rows dropped because the queue was full (since start).",
+            ),
+            registry,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe(&self, o: &Observed<'_>) {
+        let status = o.status.to_string();
+        self.requests
+            .with_label_values(&[o.route, &status, o.code])
+            .inc();
+        self.duration
+            .with_label_values(&[o.route])
+            .observe(o.seconds);
+        if let Some(ttfb) = o.upstream_ttfb_seconds {
+            self.upstream_ttfb
+                .with_label_values(&[o.route])
+                .observe(ttfb);
+        }
+        if o.status == 429 {
+            self.rejected.with_label_values(&[o.code]).inc();
+        }
+        if o.code.starts_with("upstream_") {
+            self.upstream_errors.with_label_values(&[o.code]).inc();
+        }
+        if let Some(u) = o.usage {
+            for (kind, n) in [
+                ("prompt", u.prompt_tokens),
+                ("completion", u.completion_tokens),
+                ("cached", u.cached_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                self.tokens
+                    .with_label_values(&[o.user, o.model, kind])
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn render(&self, in_flight: usize, ledger_queue: usize, ledger_dropped: u64) -> String {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.in_flight.set(clamp(in_flight as u64));
+        self.ledger_queue.set(clamp(ledger_queue as u64));
+        self.ledger_dropped.set(clamp(ledger_dropped));
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
