@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::auth::throttle;
 use crate::client_ip::IpNet;
+use crate::telemetry::LogFormat;
 
 /// The sample secret from the seed README: never accepted as a real secret.
 pub const SAMPLE_JWT_SECRET: &str = "your-secret-key-change-in-production";
@@ -137,6 +138,7 @@ struct RawServer {
     trusted_proxies: Vec<String>,
     cors_allowed_origins: Vec<String>,
     metrics_addr: String,
+    log_format: String,
 }
 
 impl Default for RawServer {
@@ -153,6 +155,7 @@ impl Default for RawServer {
             trusted_proxies: Vec::new(),
             cors_allowed_origins: Vec::new(),
             metrics_addr: String::new(),
+            log_format: "text".into(),
         }
     }
 }
@@ -256,6 +259,7 @@ pub struct ServerConfig {
     pub cors_allowed_origins: Vec<HeaderValue>,
     /// Where `GET /metrics` is served; `None`: nowhere.
     pub metrics_addr: Option<String>,
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug)]
@@ -576,6 +580,16 @@ impl RawServer {
             trusted_proxies,
             cors_allowed_origins,
             metrics_addr: Some(self.metrics_addr.trim().to_owned()).filter(|a| !a.is_empty()),
+            log_format: match self.log_format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(invalid(
+                        "server.log_format",
+                        format!("\"{other}\" is not a format; use \"text\" or \"json\""),
+                    ))
+                }
+            },
         })
     }
 }

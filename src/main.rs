@@ -59,8 +59,8 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    telemetry::init();
-    // Config errors are reported before anything binds a port.
+    // Config errors are reported before anything binds a port (on stderr,
+    // before logging is set up: the format comes from the config).
     let loaded = if cli.demo {
         demo::config(&cli.config, &process_env)
     } else {
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::init(config.server.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -961,3 +961,37 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
     assert!(abandoned.contains("client_aborted"), "{abandoned}");
     assert!(abandoned.contains("user=admin"), "{abandoned}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let fake = FakeDeepSeek::start().await.expect("fake upstream");
+    let key = format!("sk-test-{}", random_hex());
+    fake.require_key(&key);
+    let settings = Settings {
+        server_extra: "log_format = \"json\"".into(),
+        ..Settings::default()
+    };
+    let dir = TempDir::new();
+    let text = config_toml(&settings, &fake.base_url(), &key, &jwt_secret());
+    let path = dir.write("config.toml", &text);
+    let proxy = Running::start(proxy_with_config(&dir, &path)).await;
+    let token = proxy.token(ADMIN).await;
+    let response = proxy.chat(&token, &chat_body(false)).await;
+    let _ = response.bytes().await;
+    let lines = proxy.stop().await;
+    let logs: Vec<Value> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(logs.len() >= 3, "{lines:#?}");
+    let chat = logs
+        .iter()
+        .find(|l| l["path"] == "/v1/chat/completions")
+        .expect("the chat request's line");
+    assert_eq!(chat["user"], "admin");
+    assert_eq!(chat["status"], 200);
+    assert_eq!(chat["prompt_tokens"], 11);
+    assert!(chat["request_id"].is_string() && chat["latency_ms"].is_number());
+    assert!(!lines.iter().any(|l| l.contains(&token)));
+}
