@@ -309,6 +309,8 @@ impl Line {
             "/beta/chat/completions" => "beta_chat",
             "/beta/completions" => "beta_completions",
             "/models" | "/v1/models" => "models",
+            "/user/balance" => "balance",
+            "/admin/usage" | "/admin/requests" | "/v1/usage/me" => "usage_api",
             "/auth/login" => "login",
             "/auth/logout" => "logout",
             "/healthz" | "/readyz" => "health",

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use crate::auth::password;
 use crate::config::{process_env, Config};
-use crate::ledger::{totals, GroupBy, Totals};
+use crate::ledger::{Filter, GroupBy, Ledger, Totals};
 
 /// `deepseek_proxy hash-password`: prompts twice without echo on a terminal,
 /// or reads one line from stdin when piped, and prints the PHC string.
@@ -70,13 +70,19 @@ fn usage_table(config_path: &std::path::Path, since: &str, by: GroupBy) -> Resul
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let url = config.storage.url();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let filter = Filter {
+        from_ms: now_ms - span_ms,
+        ..Filter::default()
+    };
     let rows = runtime
-        .block_on(totals(&url, now_ms - span_ms, by))
+        .block_on(async {
+            let ledger = Ledger::open(&config.storage).await?;
+            ledger.totals(&filter, by).await.map_err(|e| e.to_string())
+        })
         .map_err(|e| format!("reading the ledger ({}): {e}", config.storage.describe()))?;
     Ok(render(&rows, by))
 }
@@ -130,7 +136,7 @@ fn render(rows: &[Totals], by: GroupBy) -> String {
 }
 
 /// Days since 1970-01-01 as `YYYY-MM-DD` (Howard Hinnant's algorithm).
-fn civil_date(days: i64) -> String {
+pub fn civil_date(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

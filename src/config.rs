@@ -211,6 +211,8 @@ struct RawUser {
     models: Option<Vec<String>>,
     #[serde(default)]
     disabled: bool,
+    #[serde(default)]
+    role: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +282,8 @@ pub struct User {
     /// Models this user may request; `None` allows all.
     pub models: Option<Vec<String>>,
     pub disabled: bool,
+    /// `role = "admin"`: may call the `/admin` API, `/user/balance`, `/metrics`.
+    pub admin: bool,
 }
 
 /// How a user's password is checked.
@@ -655,11 +659,22 @@ impl RawUser {
                 ));
             }
         }
+        let admin = match self.role.as_deref() {
+            None | Some("user") => false,
+            Some("admin") => true,
+            Some(other) => {
+                return Err(invalid(
+                    &format!("{key}.role"),
+                    format!("\"{other}\" is not a role; use \"admin\" or \"user\""),
+                ))
+            }
+        };
         Ok(User {
             username: self.username,
             credential,
             models: self.models,
             disabled: self.disabled,
+            admin,
         })
     }
 }

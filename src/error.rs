@@ -25,6 +25,8 @@ pub enum ApiError {
     BodyTimeout,
     /// The user may not use the requested model.
     ModelNotAllowed,
+    /// The route is for `role = "admin"` users.
+    AdminOnly,
     NotFound,
     MethodNotAllowed,
     InvalidCredentials,
@@ -101,6 +103,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "body_too_large",
             Self::BodyTimeout => "body_timeout",
             Self::ModelNotAllowed => "model_not_allowed",
+            Self::AdminOnly => "admin_required",
             Self::LoginThrottled { .. } => "login_throttled",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -126,7 +129,7 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::ModelNotAllowed => StatusCode::FORBIDDEN,
+            Self::ModelNotAllowed | Self::AdminOnly => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidCredentials
@@ -165,6 +168,7 @@ impl ApiError {
             }
             Self::BodyTimeout => "the request body did not arrive in time".into(),
             Self::ModelNotAllowed => "your account may not use this model".into(),
+            Self::AdminOnly => "this route needs an admin account (role = \"admin\")".into(),
             Self::LoginThrottled { .. } => {
                 "too many failed logins; wait before trying again".into()
             }

@@ -23,8 +23,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::access_log::{access_log, X_REQUEST_ID};
 use crate::auth::{login, logout, require_token, require_token_and_slot};
 use crate::error::ApiError;
-use crate::proxy;
 use crate::state::AppState;
+use crate::{admin, proxy};
 
 pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
     // Completions take the token's slot in the same step as the token check.
@@ -39,6 +39,10 @@ pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
         .route("/models", get(proxy::models))
         .route("/v1/models", get(proxy::models))
         .route("/auth/logout", post(logout))
+        .route("/user/balance", get(proxy::balance))
+        .route("/admin/usage", get(admin::usage))
+        .route("/admin/requests", get(admin::requests))
+        .route("/v1/usage/me", get(admin::me))
         .route_layer(auth_required);
 
     let public = Router::new()

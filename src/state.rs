@@ -25,6 +25,7 @@ pub struct Account {
     /// Models this user may request; `None` allows all.
     pub models: Option<HashSet<String>>,
     pub disabled: bool,
+    pub admin: bool,
 }
 
 impl Account {
@@ -76,18 +77,19 @@ impl AppState {
         let (users, credentials): (Vec<_>, Vec<_>) = auth
             .users
             .into_iter()
-            .map(|u| ((u.username, u.models, u.disabled), u.credential))
+            .map(|u| ((u.username, u.models, u.disabled, u.admin), u.credential))
             .unzip();
         let (passwords, stored) = Passwords::prepare(credentials);
         let accounts = users
             .into_iter()
             .zip(stored)
-            .map(|((username, models, disabled), password)| {
+            .map(|((username, models, disabled, admin), password)| {
                 let account = Account {
                     username: username.clone(),
                     password,
                     models: models.map(|m| m.into_iter().collect()),
                     disabled,
+                    admin,
                 };
                 (username, Arc::new(account))
             })

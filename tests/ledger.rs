@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{chat_body, chat_body_with, random_hex, spawn_app_with, TestApp, ADMIN, USER1};
+use deepseek_proxy::ledger::{Filter, GroupBy};
 use futures_util::StreamExt;
 use serde_json::json;
 use sqlx::{AnyPool, Row};
@@ -132,6 +133,36 @@ async fn check(app: &TestApp, url: &str) {
     let models = get(&ids[4]);
     assert_eq!(s(models, "route").as_deref(), Some("models"));
     assert_eq!(rows.len(), 5, "logins and other routes are not ledger rows");
+
+    // The reads behind the admin API and the usage command, on this backend.
+    let filter = Filter {
+        from_ms: 0,
+        to_ms: None,
+        user: Some("admin".into()),
+    };
+    let by_model = app
+        .state
+        .ledger
+        .totals(&filter, GroupBy::Model)
+        .await
+        .expect("totals");
+    let total: i64 = by_model.iter().map(|t| t.requests).sum();
+    assert_eq!(total, 4, "{by_model:?}");
+    let by_day = app
+        .state
+        .ledger
+        .totals(&Filter::default(), GroupBy::Day)
+        .await
+        .expect("days");
+    assert_eq!(by_day.iter().map(|t| t.requests).sum::<i64>(), 5);
+    let recent = app
+        .state
+        .ledger
+        .recent(Some("user1"), 10)
+        .await
+        .expect("recent");
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].outcome, "client_aborted");
 }
 
 #[tokio::test]

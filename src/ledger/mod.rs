@@ -29,7 +29,7 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One upstream-bound request.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct UsageRecord {
     pub request_id: String,
     pub ts_ms: i64,
@@ -67,6 +67,8 @@ enum Msg {
 pub struct Ledger {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// For reads (admin API, usage command); the writer has its own handle.
+    pool: AnyPool,
 }
 
 impl Ledger {
@@ -87,10 +89,11 @@ impl Ledger {
             .await
             .map_err(|e| format!("cannot prepare the usage ledger schema: {e}"))?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        tokio::spawn(write_rows(pool, rx));
+        tokio::spawn(write_rows(pool.clone(), rx));
         Ok(Ledger {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            pool,
         })
     }
 
@@ -113,6 +116,20 @@ impl Ledger {
     /// Rows waiting to be written.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Totals grouped by user, model or day.
+    pub async fn totals(&self, filter: &Filter, by: GroupBy) -> Result<Vec<Totals>, sqlx::Error> {
+        schema::totals(&self.pool, filter, by).await
+    }
+
+    /// The newest rows, newest first.
+    pub async fn recent(
+        &self,
+        user: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<UsageRecord>, sqlx::Error> {
+        schema::recent(&self.pool, user, limit).await
     }
 
     /// Writes every queued row, then returns (bounded by a timeout).
@@ -163,4 +180,4 @@ async fn insert(pool: &AnyPool, batch: &mut Vec<UsageRecord>) {
     batch.clear();
 }
 
-pub use schema::{totals, GroupBy, Totals};
+pub use schema::{Filter, GroupBy, Totals};

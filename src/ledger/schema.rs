@@ -117,8 +117,8 @@ impl GroupBy {
     }
 }
 
-/// Totals of one group since `since_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Totals of one group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Totals {
     /// The user, the model, or the UTC day as days since 1970-01-01.
     pub key: String,
@@ -128,19 +128,38 @@ pub struct Totals {
     pub estimated_tokens: i64,
 }
 
-pub async fn totals(url: &str, since_ms: i64, by: GroupBy) -> Result<Vec<Totals>, sqlx::Error> {
-    sqlx::any::install_default_drivers();
-    let pool = AnyPool::connect(url).await?;
+/// Which rows to add up: `[from_ms, to_ms)`, optionally one user's.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub from_ms: i64,
+    pub to_ms: Option<i64>,
+    pub user: Option<String>,
+}
+
+pub async fn totals(
+    pool: &AnyPool,
+    filter: &Filter,
+    by: GroupBy,
+) -> Result<Vec<Totals>, sqlx::Error> {
     let group = by.sql();
-    // `group` is one of three constants above, never user input.
+    // `group` is one of three constants above, never user input; the
+    // filter's values are bound parameters.
     let sql = format!(
         "SELECT {group} AS k, CAST(COUNT(*) AS BIGINT) AS requests, \
          CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt, \
          CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, \
          CAST(COALESCE(SUM(completion_tokens_estimated), 0) AS BIGINT) AS estimated \
-         FROM usage_log WHERE ts_ms >= $1 GROUP BY {group} ORDER BY {group}"
+         FROM usage_log WHERE ts_ms >= $1 AND ts_ms < $2 AND ($3 = '' OR username = $4) \
+         GROUP BY {group} ORDER BY {group}"
     );
-    let rows = sqlx::query(&sql).bind(since_ms).fetch_all(&pool).await?;
+    let user = filter.user.clone().unwrap_or_default();
+    let rows = sqlx::query(&sql)
+        .bind(filter.from_ms)
+        .bind(filter.to_ms.unwrap_or(i64::MAX))
+        .bind(user.clone())
+        .bind(user)
+        .fetch_all(pool)
+        .await?;
     rows.iter()
         .map(|row| {
             Ok(Totals {
@@ -149,6 +168,54 @@ pub async fn totals(url: &str, since_ms: i64, by: GroupBy) -> Result<Vec<Totals>
                 prompt_tokens: row.try_get("prompt")?,
                 completion_tokens: row.try_get("completion")?,
                 estimated_tokens: row.try_get("estimated")?,
+            })
+        })
+        .collect()
+}
+
+/// The newest rows, optionally one user's, newest first.
+pub async fn recent(
+    pool: &AnyPool,
+    user: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UsageRecord>, sqlx::Error> {
+    let user = user.unwrap_or_default().to_owned();
+    let rows = sqlx::query(
+        "SELECT request_id, ts_ms, username, token_id, route, model, stream, status, \
+         upstream_status, error_code, prompt_tokens, completion_tokens, cached_tokens, \
+         reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
+         bytes_out, client_ip, outcome FROM usage_log \
+         WHERE ($1 = '' OR username = $2) ORDER BY ts_ms DESC LIMIT $3",
+    )
+    .bind(user.clone())
+    .bind(user)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(UsageRecord {
+                request_id: r.try_get("request_id")?,
+                ts_ms: r.try_get("ts_ms")?,
+                username: r.try_get("username")?,
+                token_id: r.try_get("token_id")?,
+                route: r.try_get("route")?,
+                model: r.try_get("model")?,
+                stream: r.try_get::<i64, _>("stream")? != 0,
+                status: r.try_get("status")?,
+                upstream_status: r.try_get("upstream_status")?,
+                error_code: r.try_get("error_code")?,
+                prompt_tokens: r.try_get("prompt_tokens")?,
+                completion_tokens: r.try_get("completion_tokens")?,
+                cached_tokens: r.try_get("cached_tokens")?,
+                reasoning_tokens: r.try_get("reasoning_tokens")?,
+                completion_tokens_estimated: r.try_get("completion_tokens_estimated")?,
+                latency_ms: r.try_get("latency_ms")?,
+                ttfb_ms: r.try_get("ttfb_ms")?,
+                bytes_in: r.try_get("bytes_in")?,
+                bytes_out: r.try_get("bytes_out")?,
+                client_ip: r.try_get("client_ip")?,
+                outcome: r.try_get("outcome")?,
             })
         })
         .collect()

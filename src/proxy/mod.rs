@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::access_log::{RequestId, RequestLog};
+use crate::admin::AdminToken;
 use crate::auth::{AuthToken, SlotLease};
 use crate::body::read_limited;
 use crate::error::ApiError;
@@ -97,6 +98,14 @@ pub async fn models(token: AuthToken, cx: Context) -> Result<Response, ApiError>
     cx.log
         .set_request(Route::Models.name(), token.token_id, None, false);
     forward(Route::Models, &cx, None, &mut None).await
+}
+
+/// `GET /user/balance` (admins): DeepSeek's account balance, passed through.
+pub async fn balance(admin: AdminToken, cx: Context) -> Result<Response, ApiError> {
+    let token = admin.0;
+    cx.log
+        .set_request(Route::Balance.name(), token.token_id, None, false);
+    forward(Route::Balance, &cx, None, &mut None).await
 }
 
 async fn completion(

@@ -24,6 +24,8 @@ pub enum Route {
     BetaCompletions,
     /// `/models` under `base_url`.
     Models,
+    /// `/user/balance` on the upstream origin (beside `/v1`).
+    Balance,
 }
 
 impl Route {
@@ -34,6 +36,7 @@ impl Route {
             Route::BetaChat => "beta_chat",
             Route::BetaCompletions => "beta_completions",
             Route::Models => "models",
+            Route::Balance => "balance",
         }
     }
 }
@@ -46,6 +49,7 @@ pub struct Upstream {
     beta_chat: Url,
     beta_completions: Url,
     models: Url,
+    balance: Url,
     /// Longest wait for the response head, and longest silence mid-body.
     pub timeout: Duration,
     /// Hard cap on one request, keep-alives included.
@@ -79,13 +83,12 @@ impl Upstream {
             url.set_path(&path);
             url
         };
-        // The beta endpoints live beside /v1: https://api.deepseek.com/beta.
-        let mut beta = base.clone();
-        let beta_path = match base.path().strip_suffix("/v1") {
-            Some(root) => format!("{root}/beta"),
-            None => format!("{}/beta", base.path().trim_end_matches('/')),
-        };
-        beta.set_path(&beta_path);
+        // The beta and balance endpoints live beside /v1:
+        // https://api.deepseek.com/beta, https://api.deepseek.com/user/balance.
+        let mut root = base.clone();
+        let root_path = base.path().strip_suffix("/v1").unwrap_or(base.path());
+        root.set_path(root_path.trim_end_matches('/'));
+        let beta = join(&root, "/beta");
         Ok(Self {
             client,
             authorization,
@@ -93,6 +96,7 @@ impl Upstream {
             beta_chat: join(&beta, "/chat/completions"),
             beta_completions: join(&beta, "/completions"),
             models: join(base, "/models"),
+            balance: join(&root, "/user/balance"),
             timeout: config.timeout,
             max_request: config.max_request,
         })
@@ -104,6 +108,7 @@ impl Upstream {
             Route::BetaChat => &self.beta_chat,
             Route::BetaCompletions => &self.beta_completions,
             Route::Models => &self.models,
+            Route::Balance => &self.balance,
         }
     }
 
