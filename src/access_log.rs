@@ -29,6 +29,7 @@ use crate::usage::Usage;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_CLIENT_REQUEST_ID_BYTES: usize = 128;
 const MAX_LOGGED_PATH_CHARS: usize = 200;
+const MAX_MODEL_CHARS: usize = 64;
 
 /// The request's id, as sent back to the client and on to the upstream.
 #[derive(Clone, Debug)]
@@ -88,7 +89,8 @@ impl RequestLog {
         self.with(|r| {
             r.route = Some(route);
             r.token_id = token_id;
-            r.model = model.map(str::to_owned);
+            // Client-chosen: kept short for the ledger and the metrics.
+            r.model = model.map(|m| m.chars().take(MAX_MODEL_CHARS).collect());
             r.stream = stream;
         });
     }
@@ -316,7 +318,7 @@ impl Line {
             "/healthz" | "/readyz" => "health",
             _ => "other",
         };
-        let model: String = r.model.as_deref().unwrap_or("-").chars().take(64).collect();
+        let model = r.model.as_deref().unwrap_or("-");
         self.state.metrics.observe(&Observed {
             route: route_label,
             status: l.status,
@@ -324,7 +326,7 @@ impl Line {
             seconds: l.start.elapsed().as_secs_f64(),
             upstream_ttfb_seconds: r.ttfb.map(|d| d.as_secs_f64()),
             user: r.user.as_deref().unwrap_or("-"),
-            model: &model,
+            model,
             usage: r.usage.as_ref(),
         });
         if let Some(route) = r.route {

@@ -123,8 +123,13 @@ impl App {
             tokio::spawn(async move { axum::serve(listener, app).await })
         });
         tokio::pin!(shutdown);
+        // Every connection task, so that at the end of the grace period the
+        // ones still open can be cancelled *and waited for*: their bodies'
+        // drops write their log lines and ledger rows before the flush.
+        let mut open = tokio::task::JoinSet::new();
 
         loop {
+            while open.try_join_next().is_some() {}
             // At the cap, stop accepting: new connections wait in the
             // kernel's backlog until an open one closes.
             let permit = tokio::select! {
@@ -156,7 +161,7 @@ impl App {
                 }
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
-            tokio::spawn(async move {
+            open.spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
@@ -174,6 +179,8 @@ impl App {
                 );
             }
         }
+        open.abort_all();
+        while open.join_next().await.is_some() {}
         if let Some(server) = metrics_server {
             server.abort();
         }

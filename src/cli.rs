@@ -90,7 +90,8 @@ fn usage_table(config_path: &std::path::Path, since: &str, by: GroupBy) -> Resul
 /// `7d`, `12h`, `30m`.
 pub fn parse_span_ms(text: &str) -> Result<i64, String> {
     let bad = || format!("--since {text:?}: use a number and d, h or m, e.g. 7d");
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let split = text.char_indices().last().map_or(0, |(i, _)| i);
+    let (number, unit) = text.split_at(split);
     let n: i64 = number.parse().map_err(|_| bad())?;
     let unit_ms = match unit {
         "d" => 86_400_000,
@@ -160,6 +161,8 @@ mod tests {
         assert!(parse_span_ms("7").is_err());
         assert!(parse_span_ms("d").is_err());
         assert!(parse_span_ms("-1d").is_err());
+        assert!(parse_span_ms("7é").is_err());
+        assert!(parse_span_ms("").is_err());
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(20_785), "2026-11-28");
     }

@@ -282,7 +282,7 @@ pub struct User {
     /// Models this user may request; `None` allows all.
     pub models: Option<Vec<String>>,
     pub disabled: bool,
-    /// `role = "admin"`: may call the `/admin` API, `/user/balance`, `/metrics`.
+    /// `role = "admin"`: may call the `/admin` API and `/user/balance`.
     pub admin: bool,
 }
 

@@ -124,6 +124,16 @@ impl ApiError {
         }
     }
 
+    /// The upstream's own status, for errors that come from one.
+    pub fn upstream_status(&self) -> Option<u16> {
+        match self {
+            Self::UpstreamFailed { status } | Self::UpstreamRejectedKey { status } => Some(*status),
+            Self::UpstreamRateLimited { .. } => Some(429),
+            Self::UpstreamOverloaded { .. } => Some(503),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,

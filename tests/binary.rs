@@ -995,3 +995,51 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
     assert!(chat["request_id"].is_string() && chat["latency_ms"].is_number());
     assert!(!lines.iter().any(|l| l.contains(&token)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_at_the_end_of_the_grace_period_still_gets_its_ledger_row() {
+    let fake = FakeDeepSeek::start().await.expect("fake upstream");
+    let key = format!("sk-test-{}", random_hex());
+    fake.require_key(&key);
+    let dir = TempDir::new();
+    let ledger = dir.0.join("usage.db");
+    let settings = Settings {
+        shutdown_grace_seconds: 1,
+        storage: format!("sqlite_path = \"{}\"", ledger.display()),
+        ..Settings::default()
+    };
+    let text = config_toml(&settings, &fake.base_url(), &key, &jwt_secret());
+    let path = dir.write("config.toml", &text);
+    let mut proxy = Running::start(proxy_with_config(&dir, &path)).await;
+    let token = proxy.token(ADMIN).await;
+    let script = json!({"chunks": 20, "chunk_delay_ms": 500, "reply": words(20)});
+    let mut stream = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("x-request-id", "cut-at-shutdown")
+        .json(&chat_body_with(true, script))
+        .send()
+        .await
+        .expect("stream");
+    stream.chunk().await.expect("first bytes").expect("a chunk");
+    proxy.terminate().await;
+    let status = proxy.exit_within(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", proxy.output());
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", ledger.display()))
+        .await
+        .expect("open the ledger");
+    let outcome: Option<String> =
+        sqlx::query_scalar("SELECT outcome FROM usage_log WHERE request_id = $1")
+            .bind("cut-at-shutdown")
+            .fetch_optional(&pool)
+            .await
+            .expect("query");
+    assert_eq!(
+        outcome.as_deref(),
+        Some("client_aborted"),
+        "the row was written"
+    );
+}

@@ -127,7 +127,9 @@ async fn check(app: &TestApp, url: &str) {
 
     let failed = get(&ids[3]);
     assert_eq!(i(failed, "status"), Some(502));
+    assert_eq!(i(failed, "upstream_status"), Some(500));
     assert_eq!(s(failed, "error_code").as_deref(), Some("upstream_error"));
+    assert_eq!(s(failed, "outcome").as_deref(), Some("upstream_failed"));
     assert_eq!(i(failed, "prompt_tokens"), None);
 
     let models = get(&ids[4]);

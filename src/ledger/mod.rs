@@ -6,8 +6,9 @@
 //! bounded queue and returns at once. If the queue is full the row is
 //! dropped, counted ([`Ledger::dropped`]) and warned about: the request path
 //! never waits for the database. A writer task inserts batches at least once
-//! a second, and [`Ledger::close`] flushes everything on shutdown, so a
-//! clean stop loses nothing.
+//! a second, and [`Ledger::flush`] writes everything on shutdown, so a
+//! clean stop loses nothing. A batch that cannot be written is counted as
+//! dropped, like a row the full queue turned away.
 
 mod schema;
 
@@ -77,11 +78,19 @@ impl Ledger {
         sqlx::any::install_default_drivers();
         let url = config.url();
         let is_memory = url.contains(":memory:");
-        // An in-memory SQLite database lives in one connection.
-        let max = if is_memory { 1 } else { 4 };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10))
+        let mut options = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10));
+        if is_memory {
+            // An in-memory SQLite database lives and dies with its one
+            // connection: never let the pool close or replace it.
+            options = options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = options
             .connect(&url)
             .await
             .map_err(|e| format!("cannot open the usage ledger ({}): {e}", config.describe()))?;
@@ -89,12 +98,9 @@ impl Ledger {
             .await
             .map_err(|e| format!("cannot prepare the usage ledger schema: {e}"))?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        tokio::spawn(write_rows(pool.clone(), rx));
-        Ok(Ledger {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-            pool,
-        })
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_rows(pool.clone(), rx, dropped.clone()));
+        Ok(Ledger { tx, dropped, pool })
     }
 
     /// Queues a row; never waits. A full queue drops the row (counted).
@@ -132,16 +138,22 @@ impl Ledger {
         schema::recent(&self.pool, user, limit).await
     }
 
-    /// Writes every queued row, then returns (bounded by a timeout).
+    /// Writes every queued row, then returns; bounded as a whole, so a
+    /// stuck database cannot hang shutdown.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_ok() {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+        let flushed = async {
+            if self.tx.send(Msg::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, flushed).await.is_err() {
+            tracing::warn!("usage ledger flush timed out; unwritten rows are lost");
         }
     }
 }
 
-async fn write_rows(pool: AnyPool, mut rx: mpsc::Receiver<Msg>) {
+async fn write_rows(pool: AnyPool, mut rx: mpsc::Receiver<Msg>, dropped: Arc<AtomicU64>) {
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH_ROWS);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     loop {
@@ -156,26 +168,35 @@ async fn write_rows(pool: AnyPool, mut rx: mpsc::Receiver<Msg>) {
                 }
                 Some(Msg::Flush(done)) => Some(done),
                 None => {
-                    insert(&pool, &mut batch).await;
+                    insert(&pool, &mut batch, &dropped).await;
                     return;
                 }
             },
             _ = tick.tick() => None,
         };
-        insert(&pool, &mut batch).await;
+        insert(&pool, &mut batch, &dropped).await;
         if let Some(done) = flush_done {
             let _ = done.send(());
         }
     }
 }
 
-async fn insert(pool: &AnyPool, batch: &mut Vec<UsageRecord>) {
+/// The longest one batch may take to write.
+const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn insert(pool: &AnyPool, batch: &mut Vec<UsageRecord>, dropped: &AtomicU64) {
     if batch.is_empty() {
         return;
     }
     let rows = batch.len();
-    if let Err(e) = schema::insert(pool, batch).await {
-        tracing::error!(error = %e, rows, "usage ledger write failed; rows lost");
+    let failure = match tokio::time::timeout(INSERT_TIMEOUT, schema::insert(pool, batch)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {INSERT_TIMEOUT:?}")),
+    };
+    if let Some(error) = failure {
+        dropped.fetch_add(rows as u64, Ordering::Relaxed);
+        tracing::error!(%error, rows, "usage ledger write failed; rows dropped");
     }
     batch.clear();
 }

@@ -39,15 +39,22 @@ pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
         // WAL: readers (the usage CLI) never block the writer.
         sqlx::query("PRAGMA journal_mode=WAL").execute(pool).await?;
     }
-    sqlx::query("CREATE TABLE IF NOT EXISTS ledger_schema (version BIGINT NOT NULL)")
-        .execute(pool)
+    let mut tx = pool.begin().await?;
+    if !sqlite {
+        // Replicas starting together migrate one after another.
+        sqlx::query("SELECT pg_advisory_xact_lock(7720119)")
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("CREATE TABLE IF NOT EXISTS ledger_schema (version BIGINT PRIMARY KEY)")
+        .execute(&mut *tx)
         .await?;
-    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM ledger_schema")
-        .fetch_one(pool)
-        .await?
-        .try_get("v")?;
+    let current: i64 =
+        sqlx::query("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) AS v FROM ledger_schema")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("v")?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let mut tx = pool.begin().await?;
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
@@ -55,9 +62,8 @@ pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
             .bind(i as i64 + 1)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
     }
-    Ok(())
+    tx.commit().await
 }
 
 const INSERT: &str = "INSERT INTO usage_log (request_id, ts_ms, username, token_id, route, model, \

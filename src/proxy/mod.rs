@@ -123,15 +123,16 @@ async fn completion(
         let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
         cx.log.set_bytes_in(body.len());
         let checked = check_body(route, &body)?;
+        if !token.account.may_use(checked.model.as_deref()) {
+            return Err(ApiError::ModelNotAllowed);
+        }
+        // From here the request goes upstream: it gets a ledger row.
         cx.log.set_request(
             route.name(),
             token.token_id,
             checked.model.as_deref(),
             checked.stream,
         );
-        if !token.account.may_use(checked.model.as_deref()) {
-            return Err(ApiError::ModelNotAllowed);
-        }
         forward(route, &cx, Some(body), &mut slot).await
     }
     .await;
@@ -154,9 +155,24 @@ async fn forward(
     let upstream = &cx.state.upstream;
     let started = Instant::now();
     let deadline = started + upstream.max_request;
-    let response = upstream
+    let response = match upstream
         .send(route, &cx.headers, &cx.request_id.0, body, deadline)
-        .await?;
+        .await
+    {
+        Ok(response) => response,
+        Err(e) => {
+            // The log line and ledger row say how the upstream failed.
+            if let Some(status) = e.upstream_status() {
+                cx.log.set_upstream(status, started.elapsed());
+            }
+            let outcome = match e {
+                ApiError::UpstreamTimeout => "timed_out",
+                _ => "upstream_failed",
+            };
+            cx.log.set_outcome(outcome);
+            return Err(e);
+        }
+    };
     let status = response.status();
     cx.log.set_upstream(status.as_u16(), started.elapsed());
     cx.log.set_trace_id(response.headers().get("x-ds-trace-id"));

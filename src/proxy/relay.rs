@@ -57,8 +57,8 @@ pin_project! {
         phase: Phase,
         slot: Option<Lease>,
         releasing: Option<BoxFuture<'static, ()>>,
-        // The last chunk handed to the client, looked at by the usage tap on
-        // the next poll: after the client has it, never before.
+        // The last chunk handed to hyper, looked at by the usage tap on the
+        // next poll: never before the chunk is on its way.
         tapped: Option<Bytes>,
         tap: Tap,
         log: RequestLog,

@@ -1,8 +1,8 @@
 //! A side tap on the response bytes that finds DeepSeek's `usage`.
 //!
-//! The relay hands the tap each chunk *after* giving it to the client (see
-//! `proxy::relay`), so the tap never delays, changes or copies what the
-//! client gets. For event streams it splits lines itself (a line may be cut
+//! The relay hands the tap each chunk on the poll after it gave the chunk to
+//! hyper (see `proxy::relay`), so the tap never changes, copies or holds
+//! back what the client gets; its cost is one scan of each chunk. For event streams it splits lines itself (a line may be cut
 //! across chunks, and end in CRLF), skips comments (`: keep-alive`), stops at
 //! `data: [DONE]`, and parses only the `data:` events that carry `"usage"`
 //! (DeepSeek sends it on the final chunk). It also counts the characters of
