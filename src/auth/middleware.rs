@@ -26,11 +26,7 @@ pub struct AuthToken {
 }
 
 /// For routes that take no slot: a valid token that was not logged out.
-pub async fn require_token(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // Checked before awaiting anything: the request body is not `Sync`, so
     // no borrow of the request may live across an await.
     let token = authenticate(&state, req.headers());
@@ -39,16 +35,9 @@ pub async fn require_token(
         if state.store.is_revoked(token.token_id).await? {
             return Err(ApiError::InvalidToken);
         }
-        Ok(token)
+        Ok((token, None))
     };
-    match checked.await {
-        Ok(token) => {
-            note_user(&req, &token);
-            req.extensions_mut().insert(token);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
+    admit(checked.await, req, next).await
 }
 
 /// For completion routes: a valid token, and its slot. The revocation check
@@ -56,34 +45,41 @@ pub async fn require_token(
 /// [`Lease`] goes into the request for the handler to move into the body.
 pub async fn require_token_and_slot(
     State(state): State<AppState>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
     let token = authenticate(&state, req.headers());
     let checked = async {
         let token = token?;
         match state.store.acquire(token.token_id).await? {
-            Acquired::Granted(lease) => Ok((token, lease)),
+            Acquired::Granted(lease) => Ok((token, Some(lease))),
             Acquired::Busy => Err(ApiError::TokenBusy),
             Acquired::Revoked => Err(ApiError::InvalidToken),
         }
     };
-    match checked.await {
-        Ok((token, lease)) => {
-            note_user(&req, &token);
-            req.extensions_mut().insert(token);
-            req.extensions_mut()
-                .insert(SlotLease(Arc::new(Mutex::new(Some(lease)))));
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
+    admit(checked.await, req, next).await
 }
 
-fn note_user(req: &Request, token: &AuthToken) {
+/// Lets an authenticated request through (with its slot, if it took one),
+/// or answers the error.
+async fn admit(
+    checked: Result<(AuthToken, Option<Lease>), ApiError>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let (token, lease) = match checked {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
+    };
     if let Some(log) = req.extensions().get::<RequestLog>() {
         log.set_user(&token.claims.sub);
     }
+    req.extensions_mut().insert(token);
+    if let Some(lease) = lease {
+        req.extensions_mut()
+            .insert(SlotLease(Arc::new(Mutex::new(Some(lease)))));
+    }
+    next.run(req).await
 }
 
 /// The token's slot, taken by [`require_token_and_slot`]. Extensions must be
