@@ -273,9 +273,34 @@ async fn boom(State(state): State<AppState>) -> &'static str {
     panic!("secret panic detail 5f3a");
 }
 
+/// Every log line of this test binary, at trace level.
+static CAPTURED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(|| Capture)
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
     let app = spawn_app().await;
+    let token = app.token(ADMIN).await;
     let state = app.state.clone();
     let router = deepseek_proxy::routes::with_layers(
         Router::new().route("/boom", post(boom)),
@@ -292,6 +317,7 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
         let response = app
             .http
             .post(format!("http://{addr}/boom"))
+            .bearer_auth(&token)
             .send()
             .await
             .expect("an answer, not a dropped connection");
@@ -308,6 +334,18 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
             matches!(again, Acquired::Granted(_)),
             "slot 7 is free again"
         );
+    }
+    // The panic is logged, at trace level nothing secret is.
+    let logs =
+        String::from_utf8_lossy(&CAPTURED.lock().unwrap_or_else(|e| e.into_inner())).to_string();
+    assert!(logs.contains("panicked"), "the panic is logged");
+    for secret in [
+        app.api_key.as_str(),
+        app.jwt_secret.as_str(),
+        token.as_str(),
+        "admin123",
+    ] {
+        assert!(!logs.contains(secret), "a secret in the trace logs");
     }
 }
 
