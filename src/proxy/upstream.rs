@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use reqwest::Url;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
@@ -200,9 +200,4 @@ fn classify(route: Route, response: reqwest::Response) -> Result<reqwest::Respon
             })
         }
     }
-}
-
-/// Whether the status came through unchanged (for the log).
-pub fn passed_through(status: StatusCode) -> bool {
-    status.is_success() || status.is_client_error()
 }
