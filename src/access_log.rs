@@ -52,6 +52,12 @@ struct Record {
     token_id: u128,
     model: Option<String>,
     stream: bool,
+    /// For the gateway-overhead histogram: how long the client took to send
+    /// its body, when the request went upstream, and when DeepSeek's
+    /// response head arrived.
+    body_wait: Duration,
+    upstream_sent: Option<Instant>,
+    upstream_head: Option<Instant>,
 }
 
 /// What inner layers learn about a request, for its log line.
@@ -69,6 +75,32 @@ impl RequestLog {
 
     pub fn set_bytes_in(&self, n: usize) {
         self.with(|r| r.bytes_in = n as u64);
+    }
+
+    /// The client's body took `wait` to arrive (not the gateway's time).
+    pub fn set_body_wait(&self, wait: Duration) {
+        self.with(|r| r.body_wait = wait);
+    }
+
+    /// The request is being sent upstream now.
+    pub fn mark_sent(&self) {
+        self.with(|r| r.upstream_sent = Some(Instant::now()));
+    }
+
+    /// DeepSeek's response head arrived now.
+    pub fn mark_head(&self) {
+        self.with(|r| r.upstream_head = Some(Instant::now()));
+    }
+
+    /// The gateway's own time, once the response head is ready to go out:
+    /// arrival to sending upstream (less the body wait), plus DeepSeek's
+    /// head to now.
+    fn overhead(&self, arrived: Instant) -> Option<Duration> {
+        self.with(|r| {
+            let (sent, head) = (r.upstream_sent?, r.upstream_head?);
+            let before = sent.duration_since(arrived).saturating_sub(r.body_wait);
+            Some(before + head.elapsed())
+        })
     }
 
     pub fn set_upstream(&self, status: u16, ttfb: Duration) {
@@ -166,6 +198,7 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
         start,
         status: 0,
         error: None,
+        overhead: None,
     };
     req.extensions_mut().insert(log);
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -181,6 +214,7 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
     let line = Line {
         status: response.status().as_u16(),
         error: response.extensions().get::<ErrorCode>().map(|c| c.0),
+        overhead: line.log.overhead(line.start),
         ..line
     };
     response.map(|inner| {
@@ -204,6 +238,7 @@ struct Line {
     start: Instant,
     status: u16,
     error: Option<&'static str>,
+    overhead: Option<Duration>,
 }
 
 /// Counts the bytes of a response body and logs the request when it ends.
@@ -312,7 +347,7 @@ impl Line {
             "/beta/completions" => "beta_completions",
             "/models" | "/v1/models" => "models",
             "/user/balance" => "balance",
-            "/admin/usage" | "/admin/requests" | "/v1/usage/me" => "usage_api",
+            "/admin/usage" | "/admin/requests" | "/admin/active" | "/v1/usage/me" => "usage_api",
             "/auth/login" => "login",
             "/auth/logout" => "logout",
             "/healthz" | "/readyz" => "health",
@@ -325,6 +360,7 @@ impl Line {
             code: l.error.unwrap_or(""),
             seconds: l.start.elapsed().as_secs_f64(),
             upstream_ttfb_seconds: r.ttfb.map(|d| d.as_secs_f64()),
+            overhead_seconds: l.overhead.map(|d| d.as_secs_f64()),
             user: r.user.as_deref().unwrap_or("-"),
             model,
             usage: r.usage.as_ref(),

@@ -3,8 +3,10 @@
 //! * `GET /admin/usage?from=&to=&user=&group_by=user|model|day` (admin):
 //!   totals; `from`/`to` are Unix seconds (default: the last 7 days).
 //! * `GET /admin/requests?user=&limit=` (admin): the newest ledger rows.
+//! * `GET /admin/active` (admin): the completion requests in flight in this
+//!   process: user, model, age, bytes relayed so far.
 //! * `GET /v1/usage/me` (anyone): the caller's totals for today and this
-//!   month (UTC).
+//!   month (UTC), and their quota headroom.
 //!
 //! Rows reach the ledger in batches at least once a second, so a request
 //! shows up here within about a second of ending.
@@ -127,14 +129,24 @@ pub async fn requests(
     Ok(Json(json!({ "rows": rows })))
 }
 
-/// `GET /v1/usage/me`: the caller's own totals. Quotas are not enforced yet,
-/// so there is no headroom to report (`"quotas": null`).
+/// `GET /admin/active`: what is running in this process now, oldest first.
+pub async fn active(State(state): State<AppState>, _: AdminToken) -> Json<Value> {
+    let requests = state.active.snapshot();
+    Json(json!({
+        "scope": "this gateway process",
+        "count": requests.len(),
+        "requests": requests,
+    }))
+}
+
+/// `GET /v1/usage/me`: the caller's own totals from the ledger, and, for
+/// each of their limits, the limit, what is used and what is left.
 pub async fn me(State(state): State<AppState>, token: AuthToken) -> Result<Json<Value>, ApiError> {
     let now = now_ms();
     let today = now - now.rem_euclid(DAY_MS);
     let month = month_start_ms(now);
     let user = token.claims.sub.clone();
-    let mut out = json!({"user": user, "quotas": null});
+    let mut out = json!({"user": user, "quotas": quotas(&state, &token).await?});
     for (label, from_ms) in [("today", today), ("month", month)] {
         let filter = Filter {
             from_ms,
@@ -153,6 +165,30 @@ pub async fn me(State(state): State<AppState>, token: AuthToken) -> Result<Json<
         );
     }
     Ok(Json(out))
+}
+
+/// `{"requests_per_minute": {"limit", "used", "remaining"}, ...}` for each
+/// limit the user has (`null` for none). Token counts include reservations
+/// of requests still running.
+async fn quotas(state: &AppState, token: &AuthToken) -> Result<Value, ApiError> {
+    let limits = token.account.limits;
+    let now = u64::try_from(now_ms()).unwrap_or(0);
+    let standing = if limits.is_unlimited() {
+        Default::default()
+    } else {
+        state.store.standing(&token.account.username, now).await?
+    };
+    let entry = |limit: u64, used: u64| {
+        (limit > 0)
+            .then(|| json!({"limit": limit, "used": used, "remaining": limit.saturating_sub(used)}))
+    };
+    Ok(json!({
+        "requests_per_minute": entry(limits.requests_per_minute, standing.requests_last_minute),
+        "tokens_per_day": entry(limits.tokens_per_day, standing.tokens_today),
+        "max_concurrent": entry(limits.max_concurrent, standing.in_flight),
+        "tokens_per_day_resets_at": (limits.tokens_per_day > 0)
+            .then(|| (now + crate::limits::quota::until_next_day_ms(now)) / 1000),
+    }))
 }
 
 /// The first millisecond of the UTC month containing `now_ms`.

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::auth::throttle;
 use crate::client_ip::IpNet;
+use crate::limits::quota::Limits;
 use crate::telemetry::LogFormat;
 
 /// The sample secret from the seed README: never accepted as a real secret.
@@ -50,6 +51,32 @@ pub struct RawConfig {
     state: RawState,
     #[serde(default)]
     storage: RawStorage,
+    #[serde(default)]
+    quotas: RawQuotas,
+}
+
+/// `[quotas]`: every user's limits unless their `[[auth.users]]` entry
+/// sets its own. `0` means no limit.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQuotas {
+    requests_per_minute: u64,
+    tokens_per_day: u64,
+    max_concurrent: u64,
+    default_max_tokens: u64,
+}
+
+impl Default for RawQuotas {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 0,
+            tokens_per_day: 0,
+            max_concurrent: 0,
+            // deepseek-reasoner's default max_tokens, the largest of DeepSeek's
+            // defaults: a request without max_tokens cannot use more.
+            default_max_tokens: 32_768,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -213,6 +240,12 @@ struct RawUser {
     disabled: bool,
     #[serde(default)]
     role: Option<String>,
+    #[serde(default)]
+    requests_per_minute: Option<u64>,
+    #[serde(default)]
+    tokens_per_day: Option<u64>,
+    #[serde(default)]
+    max_concurrent: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +276,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub state: StateConfig,
     pub storage: StorageConfig,
+    /// Reserved against `tokens_per_day` for a request without `max_tokens`.
+    pub default_max_tokens: u64,
     /// Things that work but should be fixed; logged once at start.
     pub warnings: Vec<String>,
 }
@@ -284,6 +319,8 @@ pub struct User {
     pub disabled: bool,
     /// `role = "admin"`: may call the `/admin` API and `/user/balance`.
     pub admin: bool,
+    /// `[quotas]`, overridden by the user's own keys.
+    pub limits: Limits,
 }
 
 /// How a user's password is checked.
@@ -498,7 +535,19 @@ fn blank_quoted(message: &str) -> String {
 impl RawConfig {
     pub fn validate(self, env: Env<'_>) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
-        let auth = self.auth.validate(env, &mut warnings)?;
+        let q = self.quotas;
+        if q.default_max_tokens == 0 {
+            return Err(invalid(
+                "quotas.default_max_tokens",
+                "must be at least 1 (DeepSeek's largest default is 32768)",
+            ));
+        }
+        let defaults = Limits {
+            requests_per_minute: q.requests_per_minute,
+            tokens_per_day: q.tokens_per_day,
+            max_concurrent: q.max_concurrent,
+        };
+        let auth = self.auth.validate(env, defaults, &mut warnings)?;
         let state = self.state.validate(env)?;
         // Replicas must verify each other's tokens, and the shared login
         // cache hands out tokens another process signed: one fixed secret.
@@ -515,6 +564,7 @@ impl RawConfig {
             upstream: self.deepseek.validate(env)?,
             state,
             storage: self.storage.validate(env)?,
+            default_max_tokens: q.default_max_tokens,
             warnings,
         })
     }
@@ -623,7 +673,12 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
 }
 
 impl RawUser {
-    fn validate(self, key: &str, warnings: &mut Vec<String>) -> Result<User, ConfigError> {
+    fn validate(
+        self,
+        key: &str,
+        defaults: Limits,
+        warnings: &mut Vec<String>,
+    ) -> Result<User, ConfigError> {
         let credential = match (self.password, self.password_hash) {
             (Some(_), Some(_)) => {
                 return Err(invalid(key, "has both password and password_hash; keep only password_hash"))
@@ -675,12 +730,24 @@ impl RawUser {
             models: self.models,
             disabled: self.disabled,
             admin,
+            limits: Limits {
+                requests_per_minute: self
+                    .requests_per_minute
+                    .unwrap_or(defaults.requests_per_minute),
+                tokens_per_day: self.tokens_per_day.unwrap_or(defaults.tokens_per_day),
+                max_concurrent: self.max_concurrent.unwrap_or(defaults.max_concurrent),
+            },
         })
     }
 }
 
 impl RawAuth {
-    fn validate(self, env: Env<'_>, warnings: &mut Vec<String>) -> Result<AuthConfig, ConfigError> {
+    fn validate(
+        self,
+        env: Env<'_>,
+        defaults: Limits,
+        warnings: &mut Vec<String>,
+    ) -> Result<AuthConfig, ConfigError> {
         let from_env = env("DEEPSEEK_PROXY_JWT_SECRET");
         let secret = from_env.unwrap_or(self.jwt_secret);
         let generated = secret.is_empty() || secret == SAMPLE_JWT_SECRET;
@@ -726,7 +793,7 @@ impl RawAuth {
                     ),
                 ));
             }
-            users.push(user.validate(&key, warnings)?);
+            users.push(user.validate(&key, defaults, warnings)?);
         }
         if self.login_max_failures_per_minute == 0
             || self.login_max_failures_per_hour == 0

@@ -37,6 +37,9 @@ pub enum ApiError {
     LoginThrottled {
         retry_after_secs: u64,
     },
+    /// A per-user quota refused the request (`user_busy` for the
+    /// concurrency cap, `quota_exceeded` otherwise).
+    Quota(crate::limits::quota::Refusal),
 
     // The upstream's fault (or our account's, as the upstream sees it).
     UpstreamUnreachable,
@@ -105,6 +108,8 @@ impl ApiError {
             Self::ModelNotAllowed => "model_not_allowed",
             Self::AdminOnly => "admin_required",
             Self::LoginThrottled { .. } => "login_throttled",
+            Self::Quota(r) if r.kind == crate::limits::quota::Kind::Concurrent => "user_busy",
+            Self::Quota(_) => "quota_exceeded",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidCredentials => "invalid_credentials",
@@ -146,9 +151,10 @@ impl ApiError {
             | Self::MissingToken
             | Self::InvalidToken
             | Self::ExpiredToken => StatusCode::UNAUTHORIZED,
-            Self::TokenBusy | Self::UpstreamRateLimited { .. } | Self::LoginThrottled { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::TokenBusy
+            | Self::UpstreamRateLimited { .. }
+            | Self::LoginThrottled { .. }
+            | Self::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable
             | Self::UpstreamFailed { .. }
             | Self::UpstreamRejectedKey { .. } => StatusCode::BAD_GATEWAY,
@@ -182,6 +188,7 @@ impl ApiError {
             Self::LoginThrottled { .. } => {
                 "too many failed logins; wait before trying again".into()
             }
+            Self::Quota(refusal) => refusal.message(),
             Self::NotFound => "no such route; see the gateway's README for its API".into(),
             Self::MethodNotAllowed => "method not allowed on this route".into(),
             Self::InvalidCredentials => "invalid username or password".into(),
@@ -242,11 +249,14 @@ impl IntoResponse for ApiError {
             Self::TokenBusy | Self::StateUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::LoginThrottled { retry_after_secs } => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after_secs.max(1)),
-                );
+            Self::LoginThrottled {
+                retry_after_secs: secs,
+            }
+            | Self::Quota(crate::limits::quota::Refusal {
+                retry_after_secs: secs,
+                ..
+            }) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
             Self::UpstreamRateLimited { retry_after }
             | Self::UpstreamOverloaded { retry_after } => {

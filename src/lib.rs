@@ -6,6 +6,7 @@
 //! [`error::ApiError`].
 
 pub mod access_log;
+pub mod active;
 pub mod admin;
 pub mod app;
 pub mod auth;

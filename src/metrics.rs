@@ -15,11 +15,17 @@ const BUCKETS: &[f64] = &[
     600.0,
 ];
 
+/// Overhead buckets in seconds: 10 µs to 100 ms.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_ttfb: HistogramVec,
+    overhead: HistogramVec,
     rejected: IntCounterVec,
     upstream_errors: IntCounterVec,
     tokens: IntCounterVec,
@@ -35,6 +41,9 @@ pub struct Observed<'a> {
     pub code: &'a str,
     pub seconds: f64,
     pub upstream_ttfb_seconds: Option<f64>,
+    /// The gateway's own time on an upstream-bound request (see
+    /// `access_log`); `None` for requests that did not reach DeepSeek.
+    pub overhead_seconds: Option<f64>,
     pub user: &'a str,
     pub model: &'a str,
     pub usage: Option<&'a Usage>,
@@ -49,8 +58,8 @@ impl Metrics {
             let _ = registry.register(Box::new(c.clone()));
             c
         };
-        let histogram = |name: &str, help: &str| {
-            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
             let h = HistogramVec::new(opts, &["route"]).expect("valid metric");
             let _ = registry.register(Box::new(h.clone()));
             h
@@ -69,14 +78,24 @@ impl Metrics {
             duration: histogram(
                 "request_duration_seconds",
                 "Time from request to the end of the response body.",
+                BUCKETS,
             ),
             upstream_ttfb: histogram(
                 "upstream_ttfb_seconds",
                 "Time from sending upstream to DeepSeek's response head.",
+                BUCKETS,
+            ),
+            overhead: histogram(
+                "gateway_overhead_seconds",
+                "The gateway's own time on a proxied request: from arrival to sending \
+                 upstream (less the wait for the client's body), plus from DeepSeek's \
+                 response head to ours.",
+                OVERHEAD_BUCKETS,
             ),
             rejected: counter(
                 "rejected_total",
-                "429 answers by reason (token_busy, login_throttled, upstream_rate_limited).",
+                "429 answers by reason (token_busy, user_busy, quota_exceeded, login_throttled, \
+                 upstream_rate_limited).",
                 &["reason"],
             ),
             upstream_errors: counter(
@@ -115,6 +134,11 @@ impl Metrics {
             self.upstream_ttfb
                 .with_label_values(&[o.route])
                 .observe(ttfb);
+        }
+        if let Some(overhead) = o.overhead_seconds {
+            self.overhead
+                .with_label_values(&[o.route])
+                .observe(overhead);
         }
         if o.status == 429 {
             self.rejected.with_label_values(&[o.code]).inc();

@@ -42,6 +42,7 @@ pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
         .route("/user/balance", get(proxy::balance))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/requests", get(admin::requests))
+        .route("/admin/active", get(admin::active))
         .route("/v1/usage/me", get(admin::me))
         .route_layer(auth_required);
 

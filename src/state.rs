@@ -5,11 +5,13 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::active::Active;
 use crate::auth::jwt::JwtKeys;
 use crate::auth::password::{Passwords, Stored};
 use crate::client_ip::IpNet;
 use crate::config::Config;
 use crate::ledger::Ledger;
+use crate::limits::quota::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::store::{self, Store, StoreSettings};
@@ -26,6 +28,7 @@ pub struct Account {
     pub models: Option<HashSet<String>>,
     pub disabled: bool,
     pub admin: bool,
+    pub limits: Limits,
 }
 
 impl Account {
@@ -51,6 +54,10 @@ pub struct Inner {
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// Completion requests in flight here, for `/admin/active`.
+    pub active: Active,
+    /// Reserved against `tokens_per_day` for a request without `max_tokens`.
+    pub default_max_tokens: u64,
 }
 
 impl Deref for AppState {
@@ -77,21 +84,25 @@ impl AppState {
         let (users, credentials): (Vec<_>, Vec<_>) = auth
             .users
             .into_iter()
-            .map(|u| ((u.username, u.models, u.disabled, u.admin), u.credential))
+            .map(|u| {
+                let account = move |password| Account {
+                    username: u.username,
+                    password,
+                    models: u.models.map(|m| m.into_iter().collect()),
+                    disabled: u.disabled,
+                    admin: u.admin,
+                    limits: u.limits,
+                };
+                (account, u.credential)
+            })
             .unzip();
         let (passwords, stored) = Passwords::prepare(credentials);
         let accounts = users
             .into_iter()
             .zip(stored)
-            .map(|((username, models, disabled, admin), password)| {
-                let account = Account {
-                    username: username.clone(),
-                    password,
-                    models: models.map(|m| m.into_iter().collect()),
-                    disabled,
-                    admin,
-                };
-                (username, Arc::new(account))
+            .map(|(account, password)| {
+                let account = account(password);
+                (account.username.clone(), Arc::new(account))
             })
             .collect();
         Ok(Self(Arc::new(Inner {
@@ -106,6 +117,8 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             trusted_proxies: config.server.trusted_proxies,
+            active: Active::default(),
+            default_max_tokens: config.default_max_tokens,
         })))
     }
 }

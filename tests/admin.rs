@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{chat_body, error_code, spawn_app_with, TestApp, ADMIN, USER1};
+use std::time::Duration;
+
+use common::{chat_body, chat_body_with, error_code, spawn_app_with, TestApp, ADMIN, USER1};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 const USERS: &str = r#"
@@ -34,7 +37,12 @@ async fn json_of(response: reqwest::Response) -> Value {
 async fn only_admins_reach_the_admin_api_and_the_balance() {
     let app = spawn_app_with(|s| s.users = Some(USERS.into())).await;
     let user = app.token(USER1).await;
-    for path in ["/admin/usage", "/admin/requests", "/user/balance"] {
+    for path in [
+        "/admin/usage",
+        "/admin/requests",
+        "/admin/active",
+        "/user/balance",
+    ] {
         let response = get(&app, &user, path).await;
         assert_eq!(response.status(), 403, "{path}");
         assert_eq!(error_code(response).await, "admin_required");
@@ -119,5 +127,44 @@ async fn admins_see_totals_rows_and_the_balance_and_users_see_their_own() {
     assert_eq!(me["today"]["requests"], 1);
     assert_eq!(me["month"]["requests"], 1);
     assert_eq!(me["today"]["prompt_tokens"], 11);
-    assert!(me["quotas"].is_null());
+    // No limits configured: every quota is null (unlimited).
+    for limit in ["requests_per_minute", "tokens_per_day", "max_concurrent"] {
+        assert!(me["quotas"][limit].is_null(), "{limit} in {me}");
+    }
+}
+
+#[tokio::test]
+async fn admin_active_lists_requests_in_flight_with_their_age_and_bytes() {
+    let app = spawn_app_with(|s| s.users = Some(USERS.into())).await;
+    let admin = app.token(ADMIN).await;
+    let user = app.token(USER1).await;
+    let idle = json_of(get(&app, &admin, "/admin/active").await).await;
+    assert_eq!(idle["count"], 0);
+
+    let slow = chat_body_with(true, json!({"chunks": 20, "chunk_delay_ms": 50}));
+    let response = app.chat(&user, &slow).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut received = 0;
+    for _ in 0..3 {
+        received += stream.next().await.expect("chunk").expect("bytes").len();
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let active = json_of(get(&app, &admin, "/admin/active").await).await;
+    assert_eq!(active["count"], 1, "{active}");
+    let row = &active["requests"][0];
+    assert_eq!(row["user"], "user1");
+    assert_eq!(row["model"], "deepseek-chat");
+    assert_eq!(row["route"], "chat");
+    assert_eq!(row["stream"], true);
+    assert!(row["age_ms"].as_u64().expect("age") >= 50, "{row}");
+    let bytes = row["bytes_out"].as_u64().expect("bytes");
+    assert!(bytes >= received as u64, "{bytes} relayed, {received} read");
+    assert!(!active.to_string().contains(&user), "no token in the list");
+
+    // Gone once the client leaves.
+    drop(stream);
+    assert!(app.slots_free_within(Duration::from_secs(2)).await);
+    let after = json_of(get(&app, &admin, "/admin/active").await).await;
+    assert_eq!(after["count"], 0, "{after}");
 }

@@ -123,6 +123,21 @@ async fn metrics_count_requests_rejections_errors_and_tokens_without_secrets() {
         )) >= 3.0
     );
     assert!(get(&format!("{p}upstream_ttfb_seconds_count{{route=\"chat\"}}")) >= 1.0);
+    // The gateway's own time: observed for the request DeepSeek answered
+    // (the 500 never became a relayed response), and small.
+    assert_eq!(
+        get(&format!(
+            "{p}gateway_overhead_seconds_count{{route=\"chat\"}}"
+        )),
+        1.0
+    );
+    let overhead = get(&format!(
+        "{p}gateway_overhead_seconds_sum{{route=\"chat\"}}"
+    ));
+    assert!(
+        overhead > 0.0 && overhead < 0.5,
+        "overhead {overhead} s excludes DeepSeek's time"
+    );
     assert_eq!(get(&format!("{p}in_flight_requests")), 0.0);
     assert_eq!(get(&format!("{p}ledger_dropped_rows")), 0.0);
     let _ = get(&format!("{p}ledger_queue_depth"));

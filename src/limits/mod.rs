@@ -1,7 +1,10 @@
-//! Limits on how much one client may do at once.
+//! Limits on how much one client may do.
 //!
-//! Today: the per-token slot ([`slot`]), in process memory.
+//! * [`slot`]: one request in flight per token.
+//! * [`quota`]: per-user requests per minute, tokens per day and concurrent
+//!   requests, counted in the state backend.
 
+pub mod quota;
 pub mod slot;
 
 pub use slot::{SlotGuard, Slots};

@@ -6,6 +6,7 @@
 //! ends, and [`upstream`] for what is sent and how answers are classified.
 
 pub mod headers;
+pub mod hold;
 pub mod relay;
 pub mod upstream;
 
@@ -23,8 +24,9 @@ use crate::admin::AdminToken;
 use crate::auth::{AuthToken, SlotLease};
 use crate::body::read_limited;
 use crate::error::ApiError;
+use crate::limits::quota::{Admission, Ask};
 use crate::state::AppState;
-use crate::store::Lease;
+use hold::{Charge, Hold};
 use relay::RelayBody;
 pub use upstream::{Route, Upstream};
 
@@ -97,7 +99,7 @@ pub async fn beta_completions(
 pub async fn models(token: AuthToken, cx: Context) -> Result<Response, ApiError> {
     cx.log
         .set_request(Route::Models.name(), token.token_id, None, false);
-    forward(Route::Models, &cx, None, &mut None).await
+    forward(Route::Models, &cx, None, &mut Hold::default()).await
 }
 
 /// `GET /user/balance` (admins): DeepSeek's account balance, passed through.
@@ -105,7 +107,7 @@ pub async fn balance(admin: AdminToken, cx: Context) -> Result<Response, ApiErro
     let token = admin.0;
     cx.log
         .set_request(Route::Balance.name(), token.token_id, None, false);
-    forward(Route::Balance, &cx, None, &mut None).await
+    forward(Route::Balance, &cx, None, &mut Hold::default()).await
 }
 
 async fn completion(
@@ -117,44 +119,81 @@ async fn completion(
 ) -> Result<Response, ApiError> {
     // The slot was taken before the body is read (by the auth layer), so a
     // concurrent request is refused at once; from here it is ours to hold.
-    let mut slot = Some(lease.take().ok_or(ApiError::Internal)?);
+    let mut hold = Hold {
+        slot: Some(lease.take().ok_or(ApiError::Internal)?),
+        ..Hold::default()
+    };
     let result = async {
         let state = &cx.state;
+        let reading = Instant::now();
         let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
+        cx.log.set_body_wait(reading.elapsed());
         cx.log.set_bytes_in(body.len());
         let checked = check_body(route, &body)?;
-        if !token.account.may_use(checked.model.as_deref()) {
+        let account = &token.account;
+        if !account.may_use(checked.model.as_deref()) {
             return Err(ApiError::ModelNotAllowed);
         }
+        let limits = account.limits;
+        if !limits.is_unlimited() {
+            let max_tokens = checked.max_tokens.unwrap_or(state.default_max_tokens);
+            let reserve = match limits.tokens_per_day {
+                0 => 0,
+                _ => (body.len() as u64).saturating_add(max_tokens),
+            };
+            let ask = Ask {
+                user: &account.username,
+                limits,
+                reserve,
+                now_ms: unix_ms(),
+            };
+            match state.store.admit(ask).await? {
+                Admission::Granted(permit) => {
+                    hold.charge = Some(Charge::new(permit, crate::usage::estimate_tokens(&body)));
+                }
+                Admission::Refused(refusal) => return Err(ApiError::Quota(refusal)),
+            }
+        }
         // From here the request goes upstream: it gets a ledger row.
-        cx.log.set_request(
+        let model = checked.model.as_deref();
+        cx.log
+            .set_request(route.name(), token.token_id, model, checked.stream);
+        hold.active = Some(state.active.register(
+            cx.request_id.0.to_str().unwrap_or("-").to_owned(),
+            account.username.clone(),
             route.name(),
-            token.token_id,
-            checked.model.as_deref(),
+            model.map(|m| m.chars().take(64).collect()),
             checked.stream,
-        );
-        forward(route, &cx, Some(body), &mut slot).await
+        ));
+        forward(route, &cx, Some(body), &mut hold).await
     }
     .await;
     // An error answer goes out only once the slot is free, so a client that
-    // retries at once is not refused by its own previous request.
-    if let Some(lease) = slot.take() {
-        lease.release().await;
-    }
+    // retries at once is not refused by its own previous request. DeepSeek
+    // charges nothing for a request it failed or never answered.
+    hold.not_billable();
+    hold.release(None, 0).await;
     result
 }
 
-/// Sends the request and relays the answer. The slot (if any) moves into
-/// the response body only once there is a body to relay.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sends the request and relays the answer. What the request holds moves
+/// into the response body only once there is a body to relay.
 async fn forward(
     route: Route,
     cx: &Context,
     body: Option<Bytes>,
-    slot: &mut Option<Lease>,
+    hold: &mut Hold,
 ) -> Result<Response, ApiError> {
     let upstream = &cx.state.upstream;
     let started = Instant::now();
     let deadline = started + upstream.max_request;
+    cx.log.mark_sent();
     let response = match upstream
         .send(route, &cx.headers, &cx.request_id.0, body, deadline)
         .await
@@ -173,8 +212,12 @@ async fn forward(
             return Err(e);
         }
     };
+    cx.log.mark_head();
     let status = response.status();
     cx.log.set_upstream(status.as_u16(), started.elapsed());
+    if !status.is_success() {
+        hold.not_billable();
+    }
     cx.log.set_trace_id(response.headers().get("x-ds-trace-id"));
     let is_event_stream = headers::is_event_stream(response.headers());
     let out_headers = headers::to_client(response.headers(), is_event_stream);
@@ -183,7 +226,7 @@ async fn forward(
         upstream.timeout,
         deadline,
         is_event_stream,
-        slot.take(),
+        std::mem::take(hold),
         cx.log.clone(),
     );
     let mut out = Response::new(Body::new(body));
@@ -192,11 +235,31 @@ async fn forward(
     Ok(out)
 }
 
-/// What the gateway reads from a request body: its model, nothing else.
+/// What the gateway reads from a request body: its model, whether it
+/// streams, and its `max_tokens` (for the token quota), nothing else.
 #[derive(Debug)]
 pub struct CheckedBody<'a> {
     pub model: Option<Cow<'a, str>>,
     pub stream: bool,
+    pub max_tokens: Option<u64>,
+}
+
+/// A number if the field is a non-negative integer; anything else is left
+/// for DeepSeek to judge (and the default reservation applies).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient {
+    Count(u64),
+    Other(IgnoredAny),
+}
+
+impl Lenient {
+    fn count(field: Option<Lenient>) -> Option<u64> {
+        match field {
+            Some(Lenient::Count(n)) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 /// The body of a chat route must be a JSON object with a `messages` array;
@@ -212,6 +275,10 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
         model: Option<Cow<'a, str>>,
         #[serde(default)]
         stream: Option<bool>,
+        #[serde(default)]
+        max_tokens: Option<Lenient>,
+        #[serde(default)]
+        max_completion_tokens: Option<Lenient>,
     }
     #[derive(Deserialize)]
     struct Fim<'a> {
@@ -221,6 +288,8 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
         model: Option<Cow<'a, str>>,
         #[serde(default)]
         stream: Option<bool>,
+        #[serde(default)]
+        max_tokens: Option<Lenient>,
     }
     // serde's derived structs also accept a JSON array of the fields in
     // order; a body must be an object, so say so before parsing.
@@ -230,6 +299,7 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
             serde_json::from_slice::<Fim>(body).map(|b| CheckedBody {
                 model: b.model,
                 stream: b.stream.unwrap_or(false),
+                max_tokens: Lenient::count(b.max_tokens),
             }),
             "a JSON object with a \"prompt\"",
         ),
@@ -237,6 +307,8 @@ pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError
             serde_json::from_slice::<Chat>(body).map(|b| CheckedBody {
                 model: b.model,
                 stream: b.stream.unwrap_or(false),
+                max_tokens: Lenient::count(b.max_tokens)
+                    .or(Lenient::count(b.max_completion_tokens)),
             }),
             "a JSON object with a \"messages\" array",
         ),
@@ -310,6 +382,19 @@ mod tests {
         assert_eq!(checked.model.as_deref(), Some("deepseek-chat"));
         let checked = check_body(Route::Chat, br#"{"messages":[]}"#).expect("valid");
         assert_eq!(checked.model, None);
+    }
+
+    #[test]
+    fn max_tokens_is_read_when_it_is_a_count() {
+        let max = |body: &[u8]| check_body(Route::Chat, body).expect("valid").max_tokens;
+        assert_eq!(max(br#"{"messages":[],"max_tokens":100}"#), Some(100));
+        assert_eq!(
+            max(br#"{"messages":[],"max_completion_tokens":7}"#),
+            Some(7)
+        );
+        assert_eq!(max(br#"{"messages":[],"max_tokens":"lots"}"#), None);
+        assert_eq!(max(br#"{"messages":[],"max_tokens":-1}"#), None);
+        assert_eq!(max(br#"{"messages":[]}"#), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The response body that relays the upstream's bytes to the client.
 //!
 //! Bytes pass through as they arrive: no buffering, no re-encoding, no copy.
-//! The body owns the token's slot and gives it back the moment the upstream
+//! The body owns the token's slot (and the rest of the request's [`Hold`])
+//! and gives it back the moment the upstream
 //! body ends, fails or times out, or when hyper drops the body because the
 //! client went away. Dropping it also drops the upstream response, which
 //! closes that connection, so DeepSeek stops generating tokens nobody reads.
@@ -23,9 +24,9 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::hold::Hold;
 use crate::access_log::RequestLog;
 use crate::error::error_json;
-use crate::store::Lease;
 use crate::usage::Tap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pin_project! {
         // The last two bytes sent, to close a cut-off event before ours.
         tail: [u8; 2],
         phase: Phase,
-        slot: Option<Lease>,
+        hold: Hold,
         releasing: Option<BoxFuture<'static, ()>>,
         // The last chunk handed to hyper, looked at by the usage tap on the
         // next poll: never before the chunk is on its way.
@@ -72,7 +73,10 @@ pin_project! {
                 this.tap.feed(&chunk);
             }
             this.tap.finish();
-            this.log.set_usage(this.tap.usage(), this.tap.estimated_completion_tokens());
+            let (usage, estimated) = (this.tap.usage(), this.tap.estimated_completion_tokens());
+            this.log.set_usage(usage, estimated);
+            // A client that left: give back what is still held (in the background).
+            drop(this.hold.release(usage, estimated));
         }
     }
 }
@@ -83,7 +87,7 @@ impl<S> RelayBody<S> {
         idle_timeout: Duration,
         deadline: Instant,
         is_event_stream: bool,
-        slot: Option<Lease>,
+        hold: Hold,
         log: RequestLog,
     ) -> Self {
         Self {
@@ -94,7 +98,7 @@ impl<S> RelayBody<S> {
             is_event_stream,
             tail: *b"\n\n",
             phase: Phase::Streaming,
-            slot,
+            hold,
             releasing: None,
             tapped: None,
             tap: Tap::new(is_event_stream),
@@ -177,6 +181,7 @@ where
                     let next_idle = Instant::now() + *this.idle_timeout;
                     this.idle.as_mut().reset(next_idle);
                     remember_tail(this.tail, &bytes);
+                    this.hold.relayed(bytes.len());
                     *this.tapped = Some(bytes.clone());
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
@@ -218,10 +223,16 @@ fn remember_tail(tail: &mut [u8; 2], bytes: &[u8]) {
 /// never overlap an upstream request that is still open.
 fn release_then<S>(this: &mut Projection<'_, S>, then: Option<Bytes>) {
     *this.upstream = None;
-    if let Some(lease) = this.slot.take() {
-        *this.releasing = Some(lease.release());
-    }
+    *this.releasing = Some(release(this));
     *this.phase = Phase::Releasing { then };
+}
+
+/// Gives back what the request holds, charging its quota with the usage the
+/// tap read (everything relayed so far has been fed to it).
+fn release<S>(this: &mut Projection<'_, S>) -> BoxFuture<'static, ()> {
+    this.tap.finish();
+    let (usage, estimated) = (this.tap.usage(), this.tap.estimated_completion_tokens());
+    this.hold.release(usage, estimated)
 }
 
 /// Ends the relay after a failure: records the outcome, then either appends
@@ -235,7 +246,8 @@ fn fail<S>(this: &mut Projection<'_, S>, failure: Failure) -> Option<Polled> {
     if !*this.is_event_stream {
         *this.phase = Phase::Done;
         *this.upstream = None;
-        this.slot.take();
+        // Not waited for: the connection is aborted at once.
+        drop(release(this));
         return Some(Poll::Ready(Some(Err(std::io::Error::other(message)))));
     }
     // Close whatever event the upstream left half-written, then add ours.

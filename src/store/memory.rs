@@ -4,11 +4,15 @@ use std::net::IpAddr;
 
 use futures_util::future::{ready, BoxFuture, FutureExt};
 
-use super::{Acquired, InFlight, Issued, Lease, Release, Store, StoreResult, StoreSettings};
+use super::{
+    Acquired, Admission, Ask, InFlight, Issued, Lease, Release, Standing, Store, StoreResult,
+    StoreSettings,
+};
 use crate::auth::jwt::unix_now;
 use crate::auth::login_cache::LoginCache;
 use crate::auth::revocation::Revocations;
 use crate::auth::throttle::LoginThrottle;
+use crate::limits::quota::Counters;
 use crate::limits::{SlotGuard, Slots};
 
 impl Release for SlotGuard {
@@ -24,6 +28,7 @@ pub struct MemoryStore {
     login_cache: LoginCache,
     revocations: Revocations,
     throttle: LoginThrottle,
+    quotas: Counters,
     in_flight: InFlight,
 }
 
@@ -34,6 +39,7 @@ impl MemoryStore {
             login_cache: LoginCache::new(settings.login_cache_secs),
             revocations: Revocations::default(),
             throttle: LoginThrottle::new(settings.throttle),
+            quotas: Counters::default(),
             in_flight: InFlight::default(),
         }
     }
@@ -96,6 +102,14 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, StoreResult<()>> {
         self.throttle.finished(user, ip, success, unix_now());
         ready(Ok(())).boxed()
+    }
+
+    fn admit<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, StoreResult<Admission>> {
+        ready(Ok(self.quotas.admit(ask))).boxed()
+    }
+
+    fn standing<'a>(&'a self, user: &'a str, now_ms: u64) -> BoxFuture<'a, StoreResult<Standing>> {
+        ready(Ok(self.quotas.standing(user, now_ms))).boxed()
     }
 
     fn ready(&self) -> BoxFuture<'_, StoreResult<()>> {

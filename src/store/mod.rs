@@ -1,5 +1,5 @@
-//! Shared state: the per-token slot, the login cache, revocations and
-//! login-failure counters.
+//! Shared state: the per-token slot, the login cache, revocations,
+//! login-failure counters and per-user quota counters.
 //!
 //! One trait, [`Store`], with two implementations and one selector:
 //!
@@ -23,6 +23,7 @@ use futures_util::future::BoxFuture;
 
 pub use crate::auth::login_cache::Issued;
 use crate::config::{StateBackend, StateConfig};
+pub use crate::limits::quota::{Admission, Ask, Standing};
 
 /// The backend did not answer (in time). Requests that need it get 503.
 #[derive(Debug)]
@@ -86,23 +87,25 @@ impl Lease {
             counter.0.fetch_sub(1, Ordering::SeqCst);
             return Box::pin(std::future::ready(()));
         };
-        let finish = async move {
+        in_background(Box::pin(async move {
             pending.await;
             counter.0.fetch_sub(1, Ordering::SeqCst);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let task = runtime.spawn(finish);
-                Box::pin(async move {
-                    let _ = task.await;
-                })
-            }
-            // No runtime left (process exit): the lease expires by its TTL.
-            Err(_) => {
-                self.counter.0.fetch_sub(1, Ordering::SeqCst);
-                Box::pin(std::future::ready(()))
-            }
+        }))
+    }
+}
+
+/// Runs `pending` as its own task, so it completes even if the returned
+/// future (which resolves when it is done) is dropped. With no runtime left
+/// (process exit) nothing runs: leases then expire by their TTL.
+pub fn in_background(pending: BoxFuture<'static, ()>) -> BoxFuture<'static, ()> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let task = runtime.spawn(pending);
+            Box::pin(async move {
+                let _ = task.await;
+            })
         }
+        Err(_) => Box::pin(std::future::ready(())),
     }
 }
 
@@ -170,6 +173,13 @@ pub trait Store: Send + Sync {
         ip: IpAddr,
         success: bool,
     ) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Admits a request under its user's quotas, counting it, or says which
+    /// limit refuses it. Atomic across replicas (see `limits::quota`).
+    fn admit<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, StoreResult<Admission>>;
+
+    /// What `user` has used of their limits now.
+    fn standing<'a>(&'a self, user: &'a str, now_ms: u64) -> BoxFuture<'a, StoreResult<Standing>>;
 
     /// Whether the backend answers now (for `/readyz`).
     fn ready(&self) -> BoxFuture<'_, StoreResult<()>>;

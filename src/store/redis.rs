@@ -33,9 +33,11 @@ use redis::{Client, Script};
 use secrecy::ExposeSecret;
 
 use super::{
-    Acquired, InFlight, Issued, Lease, Release, Store, StoreError, StoreResult, StoreSettings,
+    Acquired, Admission, Ask, InFlight, Issued, Lease, Release, Standing, Store, StoreError,
+    StoreResult, StoreSettings,
 };
 use crate::config::RedisConfig;
+use crate::limits::quota::{self, Permit, Settle};
 
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -48,6 +50,10 @@ struct Scripts {
     revoke: Script,
     attempt: Script,
     finished: Script,
+    admit: Script,
+    renew_running: Script,
+    settle: Script,
+    standing: Script,
 }
 
 impl Scripts {
@@ -102,6 +108,52 @@ impl Scripts {
                  redis.call('DEL', KEYS[1]) for i = 2, 3 do \
                  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end end \
                  return 1",
+            ),
+            // KEYS: rpm (zset of admission times), running (zset of
+            // expiry times), tokens (today's counter). ARGV: now_ms, owner,
+            // rpm limit, concurrency limit, token limit, reserve, running
+            // ttl_ms, tokens ttl_ms, ms to the next UTC day. Limits of 0 are
+            // off. Returns {0} granted, or {kind, used, retry_ms} with kind
+            // 1 rpm, 2 tokens, 3 concurrency. See `limits::quota`.
+            admit: Script::new(
+                "local now = tonumber(ARGV[1]) local rpm = tonumber(ARGV[3]) \
+                 local conc = tonumber(ARGV[4]) local tok = tonumber(ARGV[5]) \
+                 local reserve = tonumber(ARGV[6]) \
+                 if conc > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) \
+                 local n = redis.call('ZCARD', KEYS[2]) if n >= conc then return {3, n, 1000} end end \
+                 if rpm > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000) \
+                 local n = redis.call('ZCARD', KEYS[1]) if n >= rpm then \
+                 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES') \
+                 return {1, n, tonumber(oldest[2]) + 60000 - now} end end \
+                 if tok > 0 then local used = tonumber(redis.call('GET', KEYS[3]) or '0') \
+                 if used + reserve > tok then return {2, used, tonumber(ARGV[9])} end \
+                 redis.call('INCRBY', KEYS[3], reserve) redis.call('PEXPIRE', KEYS[3], ARGV[8]) end \
+                 if rpm > 0 then redis.call('ZADD', KEYS[1], now, ARGV[2]) \
+                 redis.call('PEXPIRE', KEYS[1], 60000) end \
+                 if conc > 0 then redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), ARGV[2]) \
+                 redis.call('PEXPIRE', KEYS[2], ARGV[7]) end \
+                 return {0}",
+            ),
+            // KEYS: running. ARGV: owner, new expiry ms, ttl_ms.
+            renew_running: Script::new(
+                "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end \
+                 redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1]) \
+                 redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1",
+            ),
+            // KEYS: running, tokens. ARGV: owner, token delta (used -
+            // reserved), 1/0 held a running entry, 1/0 held a reservation.
+            settle: Script::new(
+                "if ARGV[3] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end \
+                 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then \
+                 local v = redis.call('INCRBY', KEYS[2], ARGV[2]) \
+                 if v < 0 then redis.call('INCRBY', KEYS[2], -v) end end return 1",
+            ),
+            // KEYS: rpm, running, tokens. ARGV: now_ms.
+            standing: Script::new(
+                "local now = tonumber(ARGV[1]) \
+                 return {redis.call('ZCOUNT', KEYS[1], '(' .. (now - 60000), '+inf'), \
+                 tonumber(redis.call('GET', KEYS[3]) or '0'), \
+                 redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')}",
             ),
         }
     }
@@ -268,16 +320,41 @@ impl Release for RedisLease {
 impl RedisStore {
     fn lease(&self, slot: String, owner: String) -> RedisLease {
         let ttl_ms = self.lease_ttl.as_millis().to_string();
+        let renew = self.keep_alive(
+            |s| &s.renew,
+            slot.clone(),
+            owner.clone(),
+            move |owner| vec![owner.to_owned(), ttl_ms.clone()],
+        );
+        RedisLease {
+            renewal: renew,
+            conn: self.conn.clone(),
+            scripts: self.scripts.clone(),
+            timeout: self.timeout,
+            slot,
+            owner,
+        }
+    }
+
+    /// Renews `owner`'s entry at `key` every ttl/3 with `script`, called with
+    /// the arguments `args` makes each time (so they may read the clock),
+    /// until the script says the entry is gone or the task is aborted.
+    fn keep_alive(
+        &self,
+        script: fn(&Scripts) -> &Script,
+        key: String,
+        owner: String,
+        args: impl Fn(&str) -> Vec<String> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let every = self.lease_ttl / 3;
         let (conn, scripts, timeout) = (self.conn.clone(), self.scripts.clone(), self.timeout);
-        let (renew_slot, renew_owner) = (slot.clone(), owner.clone());
-        let renewal = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tick.tick().await;
-                let args = [renew_owner.as_str(), ttl_ms.as_str()];
-                match bounded::<i64>(timeout, conn.clone(), &scripts.renew, &[&renew_slot], &args)
-                    .await
+                let args = args(&owner);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                match bounded::<i64>(timeout, conn.clone(), script(&scripts), &[&key], &args).await
                 {
                     Ok(1) => {}
                     Ok(_) => {
@@ -291,15 +368,67 @@ impl RedisStore {
                     }
                 }
             }
-        });
-        RedisLease {
-            renewal,
-            conn: self.conn.clone(),
-            scripts: self.scripts.clone(),
-            timeout,
-            slot,
-            owner,
+        })
+    }
+
+    /// The quota keys of `user`: its admissions in the last minute, its
+    /// requests running now, and its token counter for the UTC day of `now_ms`.
+    fn quota_keys(&self, user: &str, now_ms: u64) -> [String; 3] {
+        let user = login_key(user);
+        [
+            self.key("quota:rpm", &user),
+            self.key("quota:running", &user),
+            self.key(
+                "quota:tokens",
+                format_args!("{user}:{}", now_ms / quota::DAY_MS),
+            ),
+        ]
+    }
+}
+
+/// A Redis quota permit: its running entry is renewed like a lease, so a
+/// replica that dies mid-request frees the user's place within the lease
+/// TTL. (Its token reservation then stays counted until the day ends: the
+/// error is on the side of not overspending.)
+struct RedisPermit {
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    conn: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+    timeout: Duration,
+    running: String,
+    tokens: String,
+    owner: String,
+    reserved: Option<u64>,
+}
+
+impl Settle for RedisPermit {
+    fn settle(self: Box<Self>, tokens: u64) -> Option<BoxFuture<'static, ()>> {
+        if let Some(renewal) = &self.renewal {
+            renewal.abort();
         }
+        Some(
+            async move {
+                let delta = match self.reserved {
+                    Some(reserved) => i128::from(tokens) - i128::from(reserved),
+                    None => 0,
+                };
+                let (delta, running, reserved) = (
+                    delta.to_string(),
+                    if self.renewal.is_some() { "1" } else { "0" },
+                    if self.reserved.is_some() { "1" } else { "0" },
+                );
+                let keys = [self.running.as_str(), self.tokens.as_str()];
+                let args = [self.owner.as_str(), &delta, running, reserved];
+                let settle = &self.scripts.settle;
+                if let Err(e) =
+                    bounded::<i64>(self.timeout, self.conn.clone(), settle, &keys, &args).await
+                {
+                    tracing::warn!(error = %e, "settling a quota failed; its running entry \
+                        expires by the lease TTL");
+                }
+            }
+            .boxed(),
+        )
     }
 }
 
@@ -432,6 +561,100 @@ impl Store for RedisStore {
             self.run::<i64>(&self.scripts.finished, &keys, &[outcome, &minute])
                 .await
                 .map(drop)
+        }
+        .boxed()
+    }
+
+    fn admit<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, StoreResult<Admission>> {
+        async move {
+            let Ask {
+                user,
+                limits,
+                reserve,
+                now_ms,
+            } = ask;
+            let keys = self.quota_keys(user, now_ms);
+            let owner = uuid::Uuid::new_v4().simple().to_string();
+            let running_ttl = self.lease_ttl.as_millis() as u64;
+            let to_day_end = quota::until_next_day_ms(now_ms);
+            let args = [
+                now_ms.to_string(),
+                owner.clone(),
+                limits.requests_per_minute.to_string(),
+                limits.max_concurrent.to_string(),
+                limits.tokens_per_day.to_string(),
+                reserve.to_string(),
+                running_ttl.to_string(),
+                (to_day_end + quota::DAY_MS).to_string(),
+                to_day_end.to_string(),
+            ];
+            let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            // A lost answer is a 503 like any other; what the script may
+            // have counted expires (running entries by the lease TTL).
+            let answer: Vec<u64> = self.run(&self.scripts.admit, &key_refs, &arg_refs).await?;
+            let kind = match answer.as_slice() {
+                [0] => None,
+                [1, ..] => Some(quota::Kind::RequestsPerMinute),
+                [2, ..] => Some(quota::Kind::TokensPerDay),
+                [3, ..] => Some(quota::Kind::Concurrent),
+                _ => return Err(StoreError("unexpected answer from the quota script".into())),
+            };
+            if let Some(kind) = kind {
+                let limit = match kind {
+                    quota::Kind::RequestsPerMinute => limits.requests_per_minute,
+                    quota::Kind::TokensPerDay => limits.tokens_per_day,
+                    quota::Kind::Concurrent => limits.max_concurrent,
+                };
+                return Ok(Admission::Refused(quota::Refusal {
+                    kind,
+                    limit,
+                    used: answer.get(1).copied().unwrap_or(0),
+                    reserve: if kind == quota::Kind::TokensPerDay {
+                        reserve
+                    } else {
+                        0
+                    },
+                    retry_after_secs: answer.get(2).copied().unwrap_or(1000).div_ceil(1000).max(1),
+                }));
+            }
+            let [_, running, tokens] = keys;
+            let renewal = (limits.max_concurrent > 0).then(|| {
+                let ttl = running_ttl;
+                let args = move |owner: &str| {
+                    let expiry = self::now_ms() + ttl;
+                    vec![owner.to_owned(), expiry.to_string(), ttl.to_string()]
+                };
+                self.keep_alive(|s| &s.renew_running, running.clone(), owner.clone(), args)
+            });
+            Ok(Admission::Granted(Permit::new(RedisPermit {
+                renewal,
+                conn: self.conn.clone(),
+                scripts: self.scripts.clone(),
+                timeout: self.timeout,
+                running,
+                tokens,
+                owner,
+                reserved: (limits.tokens_per_day > 0).then_some(reserve),
+            })))
+        }
+        .boxed()
+    }
+
+    fn standing<'a>(&'a self, user: &'a str, now_ms: u64) -> BoxFuture<'a, StoreResult<Standing>> {
+        async move {
+            let keys = self.quota_keys(user, now_ms);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let now = now_ms.to_string();
+            let counts: Vec<u64> = self.run(&self.scripts.standing, &keys, &[&now]).await?;
+            let [requests_last_minute, tokens_today, in_flight] = counts[..] else {
+                return Err(StoreError("unexpected answer from the quota script".into()));
+            };
+            Ok(Standing {
+                requests_last_minute,
+                tokens_today,
+                in_flight,
+            })
         }
         .boxed()
     }

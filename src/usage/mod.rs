@@ -5,4 +5,4 @@
 
 pub mod tap;
 
-pub use tap::{Tap, Usage};
+pub use tap::{estimate_tokens, Tap, Usage};

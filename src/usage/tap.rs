@@ -176,8 +176,22 @@ impl Tap {
     /// one. Always reported as an estimate, never as a measurement.
     pub fn estimated_completion_tokens(&self) -> u64 {
         let (ascii, other) = self.streamed;
-        (ascii * 3 + other * 6).div_ceil(10)
+        estimate(ascii, other)
     }
+}
+
+/// DeepSeek's rule of thumb: 0.3 token per ASCII character, 0.6 per other.
+fn estimate(ascii: u64, other: u64) -> u64 {
+    (ascii * 3 + other * 6).div_ceil(10)
+}
+
+/// The same estimate for a whole text (a request body, to charge the
+/// prompt of a request that ended before DeepSeek reported its usage).
+pub fn estimate_tokens(text: &[u8]) -> u64 {
+    let ascii = text.iter().filter(|b| b.is_ascii()).count() as u64;
+    // Each non-ASCII character has exactly one leading byte (0b11xxxxxx).
+    let other = text.iter().filter(|&&b| b >= 0xC0).count() as u64;
+    estimate(ascii, other)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -254,6 +268,8 @@ mod tests {
         assert_eq!(tap.streamed_chars(), 2 + 4);
         // 2 Chinese characters (0.6 each) and 4 ASCII ones (0.3 each).
         assert_eq!(tap.estimated_completion_tokens(), 3);
+        assert_eq!(estimate_tokens("中文ab".as_bytes()), 2);
+        assert_eq!(estimate_tokens(b"abcdefghij"), 3);
     }
 
     #[test]

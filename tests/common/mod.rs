@@ -40,6 +40,8 @@ pub struct Settings {
     pub state: String,
     /// Lines for `[storage]` (default: an in-memory SQLite ledger).
     pub storage: String,
+    /// Lines for `[quotas]` (default: none, so no limits).
+    pub quotas: String,
 }
 
 /// The default users, as TOML.
@@ -69,6 +71,7 @@ impl Default for Settings {
             jwt_secret: None,
             state: String::new(),
             storage: "sqlite_path = \":memory:\"".into(),
+            quotas: String::new(),
         }
     }
 }
@@ -120,6 +123,9 @@ max_request_seconds = {max_request}
 
 [storage]
 {storage}
+
+[quotas]
+{quotas}
 "#,
         max_body = s.max_body_bytes,
         grace = s.shutdown_grace_seconds,
@@ -132,6 +138,7 @@ max_request_seconds = {max_request}
         users = s.users.as_deref().unwrap_or(DEFAULT_USERS),
         state = s.state,
         storage = s.storage,
+        quotas = s.quotas,
     )
 }
 
