@@ -406,6 +406,9 @@ impl Settle for RedisPermit {
         if let Some(renewal) = &self.renewal {
             renewal.abort();
         }
+        if self.renewal.is_none() && self.reserved.is_none() {
+            return None; // a requests-per-minute entry only: it expires by itself
+        }
         Some(
             async move {
                 let delta = match self.reserved {
