@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{chat_body, chat_body_with, random_hex, spawn_app_with, TestApp, ADMIN, USER1};
-use deepseek_proxy::ledger::{Filter, GroupBy};
+use deepseek_proxy::config::{Storage, StorageConfig};
+use deepseek_proxy::ledger::{Filter, GroupBy, Ledger, UsageRecord};
 use futures_util::StreamExt;
 use serde_json::json;
 use sqlx::{AnyPool, Row};
@@ -262,6 +263,70 @@ async fn every_kind_of_request_lands_in_postgres_with_the_right_numbers() {
     let app = spawn_app_with(|s| s.storage = storage).await;
     check(&app, &url).await;
     drop(app);
+    let pool = AnyPool::connect(&admin).await.expect("admin connection");
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&pool)
+        .await;
+}
+
+/// 1,234 rows: several batches, several multi-row statements per batch, and
+/// a short last statement.
+async fn many_rows_land_whole(storage: Storage) {
+    let ledger = Ledger::open(&StorageConfig {
+        backend: storage,
+        queue_capacity: 5000,
+    })
+    .await
+    .expect("ledger opens");
+    let n = 1234;
+    for i in 0..n {
+        ledger.record(UsageRecord {
+            request_id: format!("bulk-{i}"),
+            ts_ms: 1_700_000_000_000 + i,
+            username: format!("user{}", i % 3),
+            token_id: format!("{i:032x}"),
+            route: "chat".into(),
+            model: (i % 2 == 0).then(|| "deepseek-chat".to_owned()),
+            stream: i % 2 == 1,
+            status: 200,
+            prompt_tokens: Some(i),
+            completion_tokens: Some(1),
+            latency_ms: 1.5,
+            client_ip: "127.0.0.1".into(),
+            outcome: "completed".into(),
+            ..UsageRecord::default()
+        });
+    }
+    ledger.flush().await;
+    assert_eq!(ledger.dropped(), 0);
+    let rows = ledger.recent(None, 2000).await.expect("recent");
+    assert_eq!(rows.len(), n as usize);
+    let newest = &rows[0];
+    assert_eq!(newest.request_id, format!("bulk-{}", n - 1));
+    assert_eq!(newest.prompt_tokens, Some(n - 1));
+    assert_eq!(newest.model.is_some(), (n - 1) % 2 == 0);
+    assert!(newest.stream == ((n - 1) % 2 == 1));
+    let filter = Filter {
+        from_ms: 0,
+        to_ms: None,
+        user: None,
+    };
+    let totals = ledger.totals(&filter, GroupBy::User).await.expect("totals");
+    let prompt: i64 = totals.iter().map(|t| t.prompt_tokens).sum();
+    assert_eq!(prompt, (0..n).sum::<i64>());
+}
+
+#[tokio::test]
+async fn large_batches_land_whole_in_sqlite() {
+    many_rows_land_whole(Storage::Sqlite(":memory:".into())).await;
+}
+
+#[tokio::test]
+async fn large_batches_land_whole_in_postgres() {
+    let Some((admin, url, name)) = postgres().await else {
+        return;
+    };
+    many_rows_land_whole(Storage::Postgres(url.into())).await;
     let pool = AnyPool::connect(&admin).await.expect("admin connection");
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&pool)

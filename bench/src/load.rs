@@ -26,16 +26,16 @@ impl Target {
         }
     }
 
-    fn chat_url(&self) -> String {
+    pub fn chat_url(&self) -> String {
         format!("{}{}", self.base, self.chat_path)
     }
 
-    fn bearer<'a>(&'a self, token: Option<&'a str>) -> &'a str {
+    pub fn bearer<'a>(&'a self, token: Option<&'a str>) -> &'a str {
         self.fixed_bearer.as_deref().or(token).unwrap_or("")
     }
 }
 
-fn client(conns: usize) -> Result<reqwest::Client, String> {
+pub fn client(conns: usize) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(conns)
@@ -45,7 +45,7 @@ fn client(conns: usize) -> Result<reqwest::Client, String> {
         .map_err(|e| e.to_string())
 }
 
-fn small_body(stream: bool) -> Value {
+pub fn small_body(stream: bool) -> Value {
     json!({"model": "deepseek-chat", "stream": stream,
            "messages": [{"role": "user", "content": "hi"}]})
 }
@@ -86,7 +86,7 @@ pub async fn login_all(
 pub struct Percentiles(pub [f64; 3]);
 
 impl Percentiles {
-    fn of(mut samples: Vec<f64>) -> Self {
+    pub fn of(mut samples: Vec<f64>) -> Self {
         samples.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| {
             let i = ((samples.len() as f64 - 1.0) * q).round() as usize;

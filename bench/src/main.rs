@@ -1,4 +1,4 @@
-//! `cargo run --release -p bench -- [--smoke] [--json PATH]`
+//! `cargo run --release -p bench -- [--smoke | --quick | --tap] [--json PATH]`
 //!
 //! Builds the release binaries, starts the fake DeepSeek and the gateway
 //! (memory state, and Redis state when `redis-server` is on PATH), and
@@ -7,69 +7,19 @@
 //! 1,000 tokens, concurrent paced streams, and logins. Prints a markdown
 //! table and writes JSON. `--smoke` runs each part for a moment, so CI can
 //! check the harness still works; it asserts nothing about speed. `--quick`
-//! runs only latency and throughput, for tuning iterations.
+//! runs only latency and throughput, for tuning iterations. `--tap` runs only
+//! the usage tap's per-chunk delay (see `tap/`), which the full run and
+//! `--smoke` include.
 //! `BENCH_GATEWAY_WORKERS=N` sets the gateway's tokio worker threads.
 
 mod load;
+mod plan;
 mod procs;
+mod tap;
 
+pub use plan::Plan;
 use procs::{Gateway, Procs};
 use serde_json::{json, Value};
-
-pub struct Plan {
-    pub latency_requests: usize,
-    pub throughput_secs: f64,
-    pub throughput_conns: usize,
-    pub tokens: usize,
-    pub stream_counts: Vec<usize>,
-    pub frames: usize,
-    pub frame_gap_ms: u64,
-    pub login_secs: f64,
-}
-
-impl Plan {
-    fn full() -> Self {
-        Self {
-            latency_requests: 2000,
-            throughput_secs: 8.0,
-            throughput_conns: 64,
-            tokens: 1000,
-            // 10,000 needs 20,000 descriptors in the gateway alone (client and
-            // upstream side); this machine's hard limit is 20,000.
-            stream_counts: vec![1000, 5000, 9000],
-            frames: 64,
-            frame_gap_ms: 20,
-            login_secs: 3.0,
-        }
-    }
-
-    /// Latency and throughput only, release build: for tuning iterations.
-    fn quick() -> Self {
-        Self {
-            latency_requests: 2000,
-            throughput_secs: 4.0,
-            throughput_conns: 64,
-            tokens: 1000,
-            stream_counts: vec![],
-            frames: 64,
-            frame_gap_ms: 20,
-            login_secs: 0.0,
-        }
-    }
-
-    fn smoke() -> Self {
-        Self {
-            latency_requests: 100,
-            throughput_secs: 0.5,
-            throughput_conns: 8,
-            tokens: 20,
-            stream_counts: vec![20],
-            frames: 8,
-            frame_gap_ms: 20,
-            login_secs: 0.3,
-        }
-    }
-}
 
 #[tokio::main]
 async fn main() {
@@ -80,11 +30,15 @@ async fn main() {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "target/bench.json".into());
-    let quick = args.iter().any(|a| a == "--quick");
-    let plan = match (smoke, quick) {
-        (true, _) => Plan::smoke(),
-        (false, true) => Plan::quick(),
-        _ => Plan::full(),
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let plan = if smoke {
+        Plan::smoke()
+    } else if flag("--quick") {
+        Plan::quick()
+    } else if flag("--tap") {
+        Plan::tap_only()
+    } else {
+        Plan::full()
     };
     if let Err(e) = run(&plan, smoke, &json_path).await {
         eprintln!("bench: {e}");
@@ -96,13 +50,55 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
     procs::raise_fd_limit();
     let users = plan
         .tokens
-        .max(plan.stream_counts.iter().copied().max().unwrap_or(0));
+        .max(plan.stream_counts.iter().copied().max().unwrap_or(0))
+        .max(plan.tap_streams);
     let mut procs = Procs::start(users, smoke).await?;
-    let mut results = serde_json::Map::new();
-    let mut table = vec![
-        "| measurement | direct to fake | memory gateway | redis gateway |".to_owned(),
-        "|---|---|---|---|".to_owned(),
-    ];
+    let mut report = Report {
+        table: vec![
+            "| measurement | direct to fake | memory gateway | redis gateway |".to_owned(),
+            "|---|---|---|---|".to_owned(),
+        ],
+        others: Vec::new(),
+        results: serde_json::Map::new(),
+    };
+    if plan.core {
+        core(plan, &mut procs, &mut report).await?;
+    }
+    if plan.tap_streams > 0 {
+        tap::measure(plan, &procs.direct(), &procs.gateways(), &mut report).await?;
+    }
+
+    procs.stop().await;
+    let machine = procs::machine();
+    println!("\n{machine}\n");
+    // Tables with no rows are left out.
+    let tables = std::iter::once(&report.table).chain(&report.others);
+    for table in tables.filter(|t| t.len() > 2) {
+        for line in table {
+            println!("{line}");
+        }
+        println!();
+    }
+    let mut results = report.results;
+    results.insert("machine".into(), Value::String(machine));
+    results.insert("smoke".into(), Value::Bool(smoke));
+    let text = serde_json::to_string_pretty(&Value::Object(results)).map_err(|e| e.to_string())?;
+    std::fs::write(json_path, text).map_err(|e| format!("writing {json_path}: {e}"))?;
+    println!("JSON: {json_path}");
+    Ok(())
+}
+
+/// What the run prints (markdown tables) and writes (JSON).
+pub struct Report {
+    /// Direct to the fake, then one column per gateway.
+    pub table: Vec<String>,
+    /// Tables of their own, printed after it.
+    pub others: Vec<Vec<String>>,
+    pub results: serde_json::Map<String, Value>,
+}
+
+/// Latency, throughput, concurrent streams and logins.
+async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(), String> {
     let direct = procs.direct();
     let gateways: Vec<Gateway> = procs.gateways();
 
@@ -120,19 +116,22 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
             .iter()
             .map(|(_, l)| format!("{:.1} µs (+{:.1})", l.get(pick), l.get(pick) - d))
             .collect();
-        table.push(row(
+        report.table.push(row(
             &format!("latency {label}, concurrency 1"),
             &format!("{d:.1} µs"),
             &cells,
         ));
     }
-    results.insert("latency_direct_us".into(), direct_lat.to_json());
+    report
+        .results
+        .insert("latency_direct_us".into(), direct_lat.to_json());
     for (name, l) in &lat_cols {
-        results.insert(format!("latency_{name}_us"), l.to_json());
+        report
+            .results
+            .insert(format!("latency_{name}_us"), l.to_json());
     }
 
     // nginx, when installed: the same pass-through with no work done.
-    let mut nginx_table = Vec::new();
     if let Some((target, pid)) = procs.nginx() {
         let lat = load::latency(&target, None, plan.latency_requests).await?;
         let tp = load::throughput(
@@ -143,7 +142,7 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
             Some(pid),
         )
         .await?;
-        nginx_table = vec![
+        report.others.push(vec![
             "| nginx (proxy_buffering off, keep-alive upstream) | value |".to_owned(),
             "|---|---|".to_owned(),
             format!(
@@ -160,9 +159,11 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
                 "| throughput, {} connections | {:.0}/s |",
                 plan.throughput_conns, tp.rps
             ),
-        ];
-        results.insert("latency_nginx_us".into(), lat.to_json());
-        results.insert(
+        ]);
+        report
+            .results
+            .insert("latency_nginx_us".into(), lat.to_json());
+        report.results.insert(
             "throughput_nginx".into(),
             json!({"rps": tp.rps, "errors": tp.errors}),
         );
@@ -188,21 +189,23 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
             100.0 * tp.rps / direct_tp.rps
         ));
         cpu_cells.push(format!("{:.1} µs", tp.cpu_us_per_request));
-        results.insert(
+        report.results.insert(
             format!("throughput_{}", gw.name),
             json!({"rps": tp.rps, "errors": tp.errors, "cpu_us_per_request": tp.cpu_us_per_request}),
         );
     }
-    results.insert(
+    report.results.insert(
         "throughput_direct".into(),
         json!({"rps": direct_tp.rps, "errors": direct_tp.errors}),
     );
-    table.push(row(
+    report.table.push(row(
         &format!("throughput, {conns} connections, {} tokens", plan.tokens),
         &format!("{:.0}/s", direct_tp.rps),
         &tp_cells,
     ));
-    table.push(row("gateway CPU per request (utime+stime)", "", &cpu_cells));
+    report
+        .table
+        .push(row("gateway CPU per request (utime+stime)", "", &cpu_cells));
 
     // 3. Concurrent paced streams.
     for &s in &plan.stream_counts {
@@ -225,10 +228,14 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
                 st.ttff_p50_ms - direct_st.ttff_p50_ms, st.ttff_p99_ms - direct_st.ttff_p99_ms,
                 st.gap_p99_ms, st.gap_max_ms, st.peak_rss_kib / s as f64,
             ));
-            results.insert(format!("streams_{s}_{}", gw.name), st.to_json());
+            report
+                .results
+                .insert(format!("streams_{s}_{}", gw.name), st.to_json());
         }
-        results.insert(format!("streams_{s}_direct"), direct_st.to_json());
-        table.push(row(
+        report
+            .results
+            .insert(format!("streams_{s}_direct"), direct_st.to_json());
+        report.table.push(row(
             &format!(
                 "{s} streams × {} frames, {} ms apart",
                 plan.frames, plan.frame_gap_ms
@@ -255,31 +262,15 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
     for (label, target, user, password) in login_gateways {
         let rate = load::logins(&target, user, password, plan.login_secs).await?;
         login_table.push(format!("| {label} | {rate:.0} |"));
-        results.insert(format!("login_{}", label.replace(' ', "_")), json!(rate));
+        report
+            .results
+            .insert(format!("login_{}", label.replace(' ', "_")), json!(rate));
     }
-
-    procs.stop().await;
-    let machine = procs::machine();
-    println!("\n{machine}\n");
-    let blank = [String::new()];
-    let lines = table
-        .iter()
-        .chain(&blank)
-        .chain(&nginx_table)
-        .chain(&blank)
-        .chain(&login_table);
-    for line in lines {
-        println!("{line}");
-    }
-    results.insert("machine".into(), Value::String(machine));
-    results.insert("smoke".into(), Value::Bool(smoke));
-    let text = serde_json::to_string_pretty(&Value::Object(results)).map_err(|e| e.to_string())?;
-    std::fs::write(json_path, text).map_err(|e| format!("writing {json_path}: {e}"))?;
-    println!("\nJSON: {json_path}");
+    report.others.push(login_table);
     Ok(())
 }
 
-fn row(label: &str, direct: &str, cells: &[String]) -> String {
+pub fn row(label: &str, direct: &str, cells: &[String]) -> String {
     let mut cells = cells.to_vec();
     while cells.len() < 2 {
         cells.push("(not run)".into());

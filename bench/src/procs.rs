@@ -44,6 +44,9 @@ fn profile_dir(smoke: bool) -> PathBuf {
 }
 
 async fn build(smoke: bool) -> Result<(), String> {
+    // With `bench` in the set, the dependencies' features are the same as in
+    // `cargo run -p bench` (which links the gateway's library for the tap
+    // measurement), so neither build invalidates the other's artifacts.
     let mut args = vec![
         "build",
         "--quiet",
@@ -51,11 +54,31 @@ async fn build(smoke: bool) -> Result<(), String> {
         "deepseek_proxy",
         "-p",
         "fake_deepseek",
+        "-p",
+        "bench",
     ];
     if !smoke {
         args.push("--release");
     }
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // `cargo run` gives the bench its package's variables; build scripts that
+    // watch one (ring's watches CARGO_MANIFEST_DIR) would rerun and rebuild
+    // half the graph, here and again in the next plain `cargo` command.
+    for (name, _) in std::env::vars() {
+        let from_cargo_run = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || name == "CARGO_PRIMARY_PACKAGE";
+        if from_cargo_run {
+            cargo.env_remove(name);
+        }
+    }
+    let status = cargo
         .args(&args)
         .status()
         .await
@@ -318,6 +341,15 @@ impl Procs {
             let _ = child.kill().await;
         }
         if let Some((child, _)) = &mut self.nginx {
+            // A SIGKILL to the master would leave its workers running, one
+            // pair per run: ask it to stop them and wait (briefly) instead.
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            }
             let _ = child.kill().await;
         }
         let _ = self.fake.kill().await;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::StorageConfig;
 
@@ -58,15 +58,14 @@ pub struct UsageRecord {
     pub outcome: String,
 }
 
-enum Msg {
-    Row(Box<UsageRecord>),
-    Flush(oneshot::Sender<()>),
-}
-
 /// A handle to the ledger; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Box<UsageRecord>>,
+    /// Wakes the writer when a batch is ready (not for every row: a wake-up
+    /// per request costs more CPU than the insert).
+    batch_ready: Arc<Notify>,
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
     dropped: Arc<AtomicU64>,
     /// For reads (admin API, usage command); the writer has its own handle.
     pool: AnyPool,
@@ -98,14 +97,34 @@ impl Ledger {
             .await
             .map_err(|e| format!("cannot prepare the usage ledger schema: {e}"))?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (flushes, flush_rx) = mpsc::channel(16);
+        let batch_ready = Arc::new(Notify::new());
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_rows(pool.clone(), rx, dropped.clone()));
-        Ok(Ledger { tx, dropped, pool })
+        let writer = Writer {
+            pool: pool.clone(),
+            sqlite: url.starts_with("sqlite"),
+            rows: rx,
+            flushes: flush_rx,
+            batch_ready: batch_ready.clone(),
+            dropped: dropped.clone(),
+        };
+        tokio::spawn(writer.run());
+        Ok(Ledger {
+            tx,
+            batch_ready,
+            flushes,
+            dropped,
+            pool,
+        })
     }
 
     /// Queues a row; never waits. A full queue drops the row (counted).
     pub fn record(&self, row: UsageRecord) {
-        if self.tx.try_send(Msg::Row(Box::new(row))).is_err() {
+        if self.tx.try_send(Box::new(row)).is_ok() {
+            if self.queued() >= BATCH_ROWS {
+                self.batch_ready.notify_one();
+            }
+        } else {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // One warning per thousand drops keeps a flood out of the log.
             if dropped % 1000 == 1 {
@@ -143,7 +162,7 @@ impl Ledger {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         let flushed = async {
-            if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            if self.flushes.send(done).await.is_ok() {
                 let _ = wait.await;
             }
         };
@@ -153,47 +172,66 @@ impl Ledger {
     }
 }
 
-async fn write_rows(pool: AnyPool, mut rx: mpsc::Receiver<Msg>, dropped: Arc<AtomicU64>) {
-    let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH_ROWS);
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    loop {
-        let flush_done = tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Msg::Row(row)) => {
-                    batch.push(*row);
-                    if batch.len() < BATCH_ROWS {
-                        continue;
+/// Writes queued rows: once a second, when a batch is ready, and on flush.
+struct Writer {
+    pool: AnyPool,
+    sqlite: bool,
+    rows: mpsc::Receiver<Box<UsageRecord>>,
+    flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    batch_ready: Arc<Notify>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH_ROWS);
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        loop {
+            let flush_done = tokio::select! {
+                _ = tick.tick() => None,
+                _ = self.batch_ready.notified() => None,
+                done = self.flushes.recv() => match done {
+                    Some(done) => Some(done),
+                    // Every handle is gone: write what is left and stop.
+                    None => {
+                        self.write_queued(&mut batch).await;
+                        return;
                     }
-                    None
-                }
-                Some(Msg::Flush(done)) => Some(done),
-                None => {
-                    insert(&pool, &mut batch, &dropped).await;
-                    return;
-                }
-            },
-            _ = tick.tick() => None,
-        };
-        insert(&pool, &mut batch, &dropped).await;
-        if let Some(done) = flush_done {
-            let _ = done.send(());
+                },
+            };
+            self.write_queued(&mut batch).await;
+            if let Some(done) = flush_done {
+                let _ = done.send(());
+            }
         }
+    }
+
+    /// Writes everything queued now, in batches.
+    async fn write_queued(&mut self, batch: &mut Vec<UsageRecord>) {
+        while let Ok(row) = self.rows.try_recv() {
+            batch.push(*row);
+            if batch.len() == BATCH_ROWS {
+                insert(&self.pool, self.sqlite, batch, &self.dropped).await;
+            }
+        }
+        insert(&self.pool, self.sqlite, batch, &self.dropped).await;
     }
 }
 
 /// The longest one batch may take to write.
 const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn insert(pool: &AnyPool, batch: &mut Vec<UsageRecord>, dropped: &AtomicU64) {
+async fn insert(pool: &AnyPool, sqlite: bool, batch: &mut Vec<UsageRecord>, dropped: &AtomicU64) {
     if batch.is_empty() {
         return;
     }
     let rows = batch.len();
-    let failure = match tokio::time::timeout(INSERT_TIMEOUT, schema::insert(pool, batch)).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!("no answer within {INSERT_TIMEOUT:?}")),
-    };
+    let failure =
+        match tokio::time::timeout(INSERT_TIMEOUT, schema::insert(pool, sqlite, batch)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {INSERT_TIMEOUT:?}")),
+        };
     if let Some(error) = failure {
         dropped.fetch_add(rows as u64, Ordering::Relaxed);
         tracing::error!(%error, rows, "usage ledger write failed; rows dropped");

@@ -58,8 +58,12 @@ pin_project! {
         phase: Phase,
         hold: Hold,
         releasing: Option<BoxFuture<'static, ()>>,
-        // The last chunk handed to hyper, looked at by the usage tap on the
-        // next poll: never before the chunk is on its way.
+        // The last chunk handed to hyper, looked at by the usage tap only
+        // when the upstream yields what comes next (or the relay ends).
+        // hyper writes buffered chunks to the socket when a poll of this
+        // body returns `Pending`, so a chunk is on the wire before the tap
+        // sees it whenever DeepSeek is slower than the client, which for a
+        // stream is always.
         tapped: Option<Bytes>,
         tap: Tap,
         log: RequestLog,
@@ -148,9 +152,6 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let mut this = self.project();
-        if let Some(chunk) = this.tapped.take() {
-            this.tap.feed(&chunk);
-        }
         loop {
             match this.phase {
                 Phase::Done => return Poll::Ready(None),
@@ -178,6 +179,7 @@ where
             match upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) if bytes.is_empty() => continue,
                 Poll::Ready(Some(Ok(bytes))) => {
+                    feed_tapped(&mut this);
                     let next_idle = Instant::now() + *this.idle_timeout;
                     this.idle.as_mut().reset(next_idle);
                     remember_tail(this.tail, &bytes);
@@ -227,9 +229,17 @@ fn release_then<S>(this: &mut Projection<'_, S>, then: Option<Bytes>) {
     *this.phase = Phase::Releasing { then };
 }
 
+/// Shows the tap the last chunk relayed, if it has not seen it yet.
+fn feed_tapped<S>(this: &mut Projection<'_, S>) {
+    if let Some(chunk) = this.tapped.take() {
+        this.tap.feed(&chunk);
+    }
+}
+
 /// Gives back what the request holds, charging its quota with the usage the
-/// tap read (everything relayed so far has been fed to it).
+/// tap read from everything relayed.
 fn release<S>(this: &mut Projection<'_, S>) -> BoxFuture<'static, ()> {
+    feed_tapped(this);
     this.tap.finish();
     let (usage, estimated) = (this.tap.usage(), this.tap.estimated_completion_tokens());
     this.hold.release(usage, estimated)

@@ -53,6 +53,10 @@ pub struct Behavior {
     pub fail: Option<Failure>,
     /// The text of the answer. Defaults to a short canned reply.
     pub reply: Option<String>,
+    /// Starts the text of each streamed content chunk with the moment the
+    /// chunk is sent, `t=<Unix time in µs, 16 digits> `, so a client can
+    /// measure one-way latency per chunk (the benchmark does).
+    pub stamp: bool,
 }
 
 impl Default for Behavior {
@@ -65,6 +69,7 @@ impl Default for Behavior {
             keepalive_ms: 0,
             fail: None,
             reply: None,
+            stamp: false,
         }
     }
 }

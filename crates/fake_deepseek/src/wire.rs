@@ -31,6 +31,10 @@ pub struct ReplyPlan {
 }
 
 const FINGERPRINT: &str = "fp_fake_deepseek";
+/// Written into a stamped chunk when it is built; its 16 digits are
+/// overwritten with the send time, so the frame's length never changes.
+const STAMP_PLACEHOLDER: &str = "t=0000000000000000 ";
+const STAMP_DIGITS: usize = 16;
 const REASONING: &str = "The user greeted me. I should answer briefly and politely.";
 
 pub fn canned_reply(said: &str) -> String {
@@ -87,6 +91,14 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Now, in microseconds since the Unix epoch (wall clock, so that another
+/// process on the machine can compare it with its own).
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn words(text: &str, parts: usize) -> Vec<String> {
     let all: Vec<&str> = text.split_inclusive(' ').collect();
     let parts = parts.max(1).min(all.len().max(1));
@@ -114,8 +126,9 @@ fn usage(plan: &ReplyPlan) -> serde_json::Value {
     usage
 }
 
-/// The data payloads of a streamed answer, without the `data: ` framing.
-fn stream_events(plan: &ReplyPlan, id: &str) -> Vec<String> {
+/// The data payloads of a streamed answer, without the `data: ` framing,
+/// each with whether it carries a send-time stamp.
+fn stream_events(plan: &ReplyPlan, id: &str) -> Vec<(String, bool)> {
     let created = now_secs();
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         if plan.flavor == Flavor::Fim {
@@ -127,6 +140,11 @@ fn stream_events(plan: &ReplyPlan, id: &str) -> Vec<String> {
                    "model": plan.model, "system_fingerprint": FINGERPRINT,
                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
         }
+    };
+    let stamp = if plan.behavior.stamp {
+        STAMP_PLACEHOLDER
+    } else {
+        ""
     };
     let mut events = Vec::new();
     match plan.flavor {
@@ -145,7 +163,9 @@ fn stream_events(plan: &ReplyPlan, id: &str) -> Vec<String> {
             }
         }
     }
+    let plain = events.len();
     for w in words(&plan.reply, plan.behavior.chunks) {
+        let w = format!("{stamp}{w}");
         let delta = match plan.flavor {
             Flavor::Fim => json!(w),
             Flavor::Chat => json!({"content": w}),
@@ -153,6 +173,7 @@ fn stream_events(plan: &ReplyPlan, id: &str) -> Vec<String> {
         };
         events.push(chunk(delta, None));
     }
+    let content = plain..events.len();
     let last = if plan.flavor == Flavor::Fim {
         json!("")
     } else {
@@ -161,7 +182,11 @@ fn stream_events(plan: &ReplyPlan, id: &str) -> Vec<String> {
     let mut last = chunk(last, Some("stop"));
     last["usage"] = usage(plan);
     events.push(last);
-    events.into_iter().map(|e| e.to_string()).collect()
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (e.to_string(), plan.behavior.stamp && content.contains(&i)))
+        .collect()
 }
 
 fn full_body(plan: &ReplyPlan, id: &str) -> String {
@@ -189,10 +214,38 @@ fn full_body(plan: &ReplyPlan, id: &str) -> String {
 
 type Frame = Result<Bytes, std::io::Error>;
 
+/// One frame of a body, and where the digits of its send-time stamp start,
+/// if it has one.
+struct Outgoing {
+    bytes: Bytes,
+    stamp_at: Option<usize>,
+}
+
+impl Outgoing {
+    fn plain(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            stamp_at: None,
+        }
+    }
+
+    /// The bytes to send now: with the current time in the stamp, if any.
+    fn into_bytes(self) -> Bytes {
+        let Some(at) = self.stamp_at else {
+            return self.bytes;
+        };
+        // 16 digits last until the year 2286.
+        let digits = format!("{:016}", now_micros().min(9_999_999_999_999_999));
+        let mut bytes = self.bytes.to_vec();
+        bytes[at..at + STAMP_DIGITS].copy_from_slice(digits.as_bytes());
+        Bytes::from(bytes)
+    }
+}
+
 /// Runs `produce` in a task that feeds the response body. The task ends (and
 /// its probe reports a cancellation) as soon as the body is dropped, even
 /// while it sleeps.
-fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Response {
+fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Outgoing>) -> Response {
     let content_type = if sse {
         "text/event-stream; charset=utf-8"
     } else {
@@ -203,7 +256,8 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
         let mut probe = probe;
         let b = &plan.behavior;
         let gap = |ms: u64| Duration::from_millis(ms);
-        let send = |frame: Frame, pause: Duration| {
+        // Waits `pause`; false if the body was dropped meanwhile.
+        let wait = |pause: Duration| {
             let tx = tx.clone();
             async move {
                 if !pause.is_zero() {
@@ -212,7 +266,7 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
                         _ = tx.closed() => return false,
                     }
                 }
-                tx.send(frame).await.is_ok()
+                true
             }
         };
         if b.fail == Some(Failure::HangBody) {
@@ -221,7 +275,8 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
         }
         for _ in 0..b.keepalives {
             let ka = if sse { ": keep-alive\n\n" } else { "\n" };
-            if !send(Ok(Bytes::from_static(ka.as_bytes())), gap(b.keepalive_ms)).await {
+            let ka_frame = Ok(Bytes::from_static(ka.as_bytes()));
+            if !wait(gap(b.keepalive_ms)).await || tx.send(ka_frame).await.is_err() {
                 return drop(probe);
             }
             probe.sent(ka.as_bytes());
@@ -241,8 +296,13 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
                 }
                 _ => {}
             }
+            if !wait(gap(b.chunk_delay_ms)).await {
+                return drop(probe);
+            }
+            // Stamped (when asked) right before it goes to the body.
+            let frame = frame.into_bytes();
             probe.sent(&frame);
-            if !send(Ok(frame), gap(b.chunk_delay_ms)).await {
+            if tx.send(Ok(frame)).await.is_err() {
                 return drop(probe);
             }
         }
@@ -264,11 +324,23 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Bytes>) -> Res
 
 pub(crate) fn stream_response(plan: ReplyPlan, probe: Probe) -> Response {
     let id = format!("fake-{:x}", now_secs());
-    let mut frames: Vec<Bytes> = stream_events(&plan, &id)
+    let mut frames: Vec<Outgoing> = stream_events(&plan, &id)
         .into_iter()
-        .map(|e| Bytes::from(format!("data: {e}\n\n")))
+        .map(|(event, stamped)| {
+            let text = format!("data: {event}\n\n");
+            // serde_json writes keys sorted, `choices` first, and the
+            // placeholder leads the chunk's text: the first match is it.
+            let stamp_at = stamped
+                .then(|| text.find(STAMP_PLACEHOLDER))
+                .flatten()
+                .map(|i| i + "t=".len());
+            Outgoing {
+                bytes: Bytes::from(text),
+                stamp_at,
+            }
+        })
         .collect();
-    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    frames.push(Outgoing::plain(Bytes::from_static(b"data: [DONE]\n\n")));
     streamed(true, probe, plan, frames)
 }
 
@@ -278,8 +350,8 @@ pub(crate) fn json_response(plan: ReplyPlan, probe: Probe) -> Response {
     // Split the JSON in two so that a `reset_after: 1` lands mid-document.
     let mid = body.len() / 2;
     let frames = vec![
-        Bytes::copy_from_slice(&body.as_bytes()[..mid]),
-        Bytes::copy_from_slice(&body.as_bytes()[mid..]),
+        Outgoing::plain(Bytes::copy_from_slice(&body.as_bytes()[..mid])),
+        Outgoing::plain(Bytes::copy_from_slice(&body.as_bytes()[mid..])),
     ];
     streamed(false, probe, plan, frames)
 }
