@@ -1,0 +1,232 @@
+//! Model-based test of the per-user quota counters: random sequences of
+//! admissions, settlements, dropped permits and clock jumps run against the
+//! real store (Redis, and memory) and against a plain model; every answer,
+//! refusal reason, `Retry-After` and standing must agree.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::TestRedis;
+use deepseek_proxy::auth::throttle::Limits as ThrottleLimits;
+use deepseek_proxy::config::RedisConfig;
+use deepseek_proxy::limits::quota::{Kind, Limits, Permit, Standing, DAY_MS, MINUTE_MS};
+use deepseek_proxy::store::memory::MemoryStore;
+use deepseek_proxy::store::redis::RedisStore;
+use deepseek_proxy::store::{Admission, Ask, Store, StoreSettings};
+use proptest::prelude::*;
+use secrecy::SecretString;
+
+const LIMITS: Limits = Limits {
+    requests_per_minute: 3,
+    tokens_per_day: 1000,
+    max_concurrent: 2,
+};
+/// Ten minutes before a UTC midnight, so sequences cross days.
+const START_MS: u64 = 20_000 * DAY_MS - 10 * MINUTE_MS;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Admit { reserve: u64 },
+    /// Settle the i-th open permit with this many tokens.
+    Settle { index: usize, tokens: u64 },
+    /// Drop the i-th open permit unsettled (charged nothing).
+    Drop { index: usize },
+    Advance { ms: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..700u64).prop_map(|reserve| Op::Admit { reserve }),
+        3 => (0..4usize, 0..800u64).prop_map(|(index, tokens)| Op::Settle { index, tokens }),
+        1 => (0..4usize).prop_map(|index| Op::Drop { index }),
+        2 => prop_oneof![1..5_000u64, 10_000..70_000u64, 200_000..400_000u64]
+            .prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+/// What the counters should say; deliberately naive.
+#[derive(Default)]
+struct Model {
+    admitted_at: VecDeque<u64>,
+    in_flight: u64,
+    /// (day, tokens used or reserved that day)
+    tokens: (u64, u64),
+}
+
+/// An open permit in the model: the day it reserved on, and how much.
+struct Open {
+    permit: Permit,
+    day: u64,
+    reserve: u64,
+}
+
+impl Model {
+    fn roll(&mut self, now: u64) {
+        self.admitted_at.retain(|&t| t + MINUTE_MS > now);
+        if self.tokens.0 != now / DAY_MS {
+            self.tokens = (now / DAY_MS, 0);
+        }
+    }
+
+    /// `Ok(())` admitted, or the refusal as (kind, used, retry_after_secs).
+    fn admit(&mut self, reserve: u64, now: u64) -> Result<(), (Kind, u64, u64)> {
+        self.roll(now);
+        if self.in_flight >= LIMITS.max_concurrent {
+            return Err((Kind::Concurrent, self.in_flight, 1));
+        }
+        if self.admitted_at.len() as u64 >= LIMITS.requests_per_minute {
+            let wait = self.admitted_at[0] + MINUTE_MS - now;
+            return Err((
+                Kind::RequestsPerMinute,
+                self.admitted_at.len() as u64,
+                wait.div_ceil(1000).max(1),
+            ));
+        }
+        if self.tokens.1 + reserve > LIMITS.tokens_per_day {
+            let wait = DAY_MS - now % DAY_MS;
+            return Err((Kind::TokensPerDay, self.tokens.1, wait.div_ceil(1000).max(1)));
+        }
+        self.admitted_at.push_back(now);
+        self.in_flight += 1;
+        self.tokens.1 += reserve;
+        Ok(())
+    }
+
+    fn settle(&mut self, open: &Open, tokens: u64) {
+        self.in_flight -= 1;
+        if self.tokens.0 == open.day {
+            self.tokens.1 = self.tokens.1 - open.reserve + tokens;
+        }
+    }
+
+    fn standing(&mut self, now: u64) -> Standing {
+        self.roll(now);
+        Standing {
+            requests_last_minute: self.admitted_at.len() as u64,
+            tokens_today: self.tokens.1,
+            in_flight: self.in_flight,
+        }
+    }
+}
+
+async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut model = Model::default();
+    let mut open: Vec<Open> = Vec::new();
+    let mut now = START_MS;
+    for op in ops {
+        match op {
+            Op::Admit { reserve } => {
+                let ask = Ask {
+                    user: "alice",
+                    limits: LIMITS,
+                    reserve,
+                    now_ms: now,
+                };
+                let got = store.admit(ask).await.expect("store answers");
+                let expected = model.admit(reserve, now);
+                match (got, expected) {
+                    (Admission::Granted(permit), Ok(())) => open.push(Open {
+                        permit,
+                        day: now / DAY_MS,
+                        reserve,
+                    }),
+                    (Admission::Refused(r), Err((kind, used, retry))) => {
+                        prop_assert_eq!((r.kind, r.used, r.retry_after_secs), (kind, used, retry));
+                        prop_assert_eq!(r.limit, match kind {
+                            Kind::Concurrent => LIMITS.max_concurrent,
+                            Kind::RequestsPerMinute => LIMITS.requests_per_minute,
+                            Kind::TokensPerDay => LIMITS.tokens_per_day,
+                        });
+                    }
+                    (Admission::Granted(_), Err(e)) => {
+                        prop_assert!(false, "granted, model refuses: {:?}", e)
+                    }
+                    (Admission::Refused(r), Ok(())) => {
+                        prop_assert!(false, "refused, model admits: {:?}", r)
+                    }
+                }
+            }
+            Op::Settle { index, tokens } => {
+                if !open.is_empty() {
+                    let o = open.remove(index % open.len());
+                    model.settle(&o, tokens);
+                    o.permit.settle(tokens).await;
+                }
+            }
+            Op::Drop { index } => {
+                if !open.is_empty() {
+                    let o = open.remove(index % open.len());
+                    model.settle(&o, 0);
+                    drop(o.permit);
+                    // Settled in the background: wait for it to land.
+                    let expected = model.standing(now);
+                    for _ in 0..200 {
+                        if store.standing("alice", now).await.expect("standing") == expected {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            Op::Advance { ms } => now += ms,
+        }
+        let standing = store.standing("alice", now).await.expect("standing");
+        prop_assert_eq!(standing, model.standing(now), "at {}", now);
+    }
+    for o in open {
+        o.permit.settle(0).await;
+    }
+    Ok(())
+}
+
+fn settings() -> StoreSettings {
+    StoreSettings {
+        login_cache_secs: 60,
+        throttle: ThrottleLimits::default(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_redis_quota_counters_behave_like_the_model(ops in prop::collection::vec(op(), 1..50)) {
+        let rt = runtime();
+        rt.block_on(async {
+            let Some(redis) = TestRedis::start().await else { return Ok(()) };
+            let config = RedisConfig {
+                url: SecretString::from(redis.url.clone()),
+                key_prefix: redis.prefix.clone(),
+                // Running entries expire by the lease TTL in real time and
+                // by score in the test's clock, which jumps ahead: a TTL
+                // longer than any sequence keeps them until settled, as the
+                // renewal does in production.
+                lease_ttl: Duration::from_secs(30 * 86_400),
+                timeout: Duration::from_millis(500),
+            };
+            let store: Arc<dyn Store> =
+                Arc::new(RedisStore::new(&config, settings()).expect("store"));
+            run(store, ops).await
+        })?;
+    }
+
+    #[test]
+    fn the_memory_quota_counters_behave_like_the_model(ops in prop::collection::vec(op(), 1..80)) {
+        let rt = runtime();
+        rt.block_on(async {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new(settings()));
+            run(store, ops).await
+        })?;
+    }
+}
