@@ -29,12 +29,21 @@ const START_MS: u64 = 20_000 * DAY_MS - 10 * MINUTE_MS;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Admit { reserve: u64 },
+    Admit {
+        reserve: u64,
+    },
     /// Settle the i-th open permit with this many tokens.
-    Settle { index: usize, tokens: u64 },
+    Settle {
+        index: usize,
+        tokens: u64,
+    },
     /// Drop the i-th open permit unsettled (charged nothing).
-    Drop { index: usize },
-    Advance { ms: u64 },
+    Drop {
+        index: usize,
+    },
+    Advance {
+        ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -87,7 +96,11 @@ impl Model {
         }
         if self.tokens.1 + reserve > LIMITS.tokens_per_day {
             let wait = DAY_MS - now % DAY_MS;
-            return Err((Kind::TokensPerDay, self.tokens.1, wait.div_ceil(1000).max(1)));
+            return Err((
+                Kind::TokensPerDay,
+                self.tokens.1,
+                wait.div_ceil(1000).max(1),
+            ));
         }
         self.admitted_at.push_back(now);
         self.in_flight += 1;
@@ -135,11 +148,14 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }),
                     (Admission::Refused(r), Err((kind, used, retry))) => {
                         prop_assert_eq!((r.kind, r.used, r.retry_after_secs), (kind, used, retry));
-                        prop_assert_eq!(r.limit, match kind {
-                            Kind::Concurrent => LIMITS.max_concurrent,
-                            Kind::RequestsPerMinute => LIMITS.requests_per_minute,
-                            Kind::TokensPerDay => LIMITS.tokens_per_day,
-                        });
+                        prop_assert_eq!(
+                            r.limit,
+                            match kind {
+                                Kind::Concurrent => LIMITS.max_concurrent,
+                                Kind::RequestsPerMinute => LIMITS.requests_per_minute,
+                                Kind::TokensPerDay => LIMITS.tokens_per_day,
+                            }
+                        );
                     }
                     (Admission::Granted(_), Err(e)) => {
                         prop_assert!(false, "granted, model refuses: {:?}", e)
