@@ -8,17 +8,6 @@ use common::{chat_body, chat_body_with, error_code, spawn_app_with, TestApp, ADM
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-const USERS: &str = r#"
-[[auth.users]]
-username = "admin"
-password = "admin123"
-role = "admin"
-
-[[auth.users]]
-username = "user1"
-password = "pass123"
-"#;
-
 async fn get(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
     app.http
         .get(app.url(path))
@@ -35,7 +24,7 @@ async fn json_of(response: reqwest::Response) -> Value {
 
 #[tokio::test]
 async fn only_admins_reach_the_admin_api_and_the_balance() {
-    let app = spawn_app_with(|s| s.users = Some(USERS.into())).await;
+    let app = spawn_app_with(|s| s.users = Some(common::admin_and_user(""))).await;
     let user = app.token(USER1).await;
     for path in [
         "/admin/usage",
@@ -59,7 +48,7 @@ async fn only_admins_reach_the_admin_api_and_the_balance() {
 
 #[tokio::test]
 async fn admins_see_totals_rows_and_the_balance_and_users_see_their_own() {
-    let app = spawn_app_with(|s| s.users = Some(USERS.into())).await;
+    let app = spawn_app_with(|s| s.users = Some(common::admin_and_user(""))).await;
     let admin = app.token(ADMIN).await;
     let user = app.token(USER1).await;
     for token in [&admin, &admin, &user] {
@@ -135,7 +124,7 @@ async fn admins_see_totals_rows_and_the_balance_and_users_see_their_own() {
 
 #[tokio::test]
 async fn admin_active_lists_requests_in_flight_with_their_age_and_bytes() {
-    let app = spawn_app_with(|s| s.users = Some(USERS.into())).await;
+    let app = spawn_app_with(|s| s.users = Some(common::admin_and_user(""))).await;
     let admin = app.token(ADMIN).await;
     let user = app.token(USER1).await;
     let idle = json_of(get(&app, &admin, "/admin/active").await).await;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::TestRedis;
-use deepseek_proxy::auth::throttle::Limits;
+use common::{runtime, store_settings};
 use deepseek_proxy::config::RedisConfig;
 use deepseek_proxy::store::memory::MemoryStore;
 use deepseek_proxy::store::redis::RedisStore;
-use deepseek_proxy::store::{Acquired, Lease, Store, StoreSettings};
+use deepseek_proxy::store::{Acquired, Lease, Store};
 use proptest::prelude::*;
 use secrecy::SecretString;
 
@@ -70,13 +70,6 @@ impl Model {
             self.ours.insert(t);
             "granted"
         }
-    }
-}
-
-fn settings() -> StoreSettings {
-    StoreSettings {
-        login_cache_secs: 60,
-        throttle: Limits::default(),
     }
 }
 
@@ -205,14 +198,6 @@ async fn run(harness: Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -227,7 +212,7 @@ proptest! {
                 lease_ttl: Duration::from_secs(15),
                 timeout: Duration::from_millis(500),
             };
-            let store: Arc<dyn Store> = Arc::new(RedisStore::new(&config, settings()).expect("store"));
+            let store: Arc<dyn Store> = Arc::new(RedisStore::new(&config, store_settings()).expect("store"));
             let prefix = redis.prefix.clone();
             run(Harness { store, redis: Some((redis, prefix)) }, ops).await
         })?;
@@ -237,7 +222,7 @@ proptest! {
     fn the_memory_store_behaves_like_the_model(ops in prop::collection::vec(op(false), 1..60)) {
         let rt = runtime();
         rt.block_on(async {
-            let store: Arc<dyn Store> = Arc::new(MemoryStore::new(settings()));
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new(store_settings()));
             run(Harness { store, redis: None }, ops).await
         })?;
     }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::TestRedis;
-use deepseek_proxy::auth::throttle::Limits as ThrottleLimits;
+use common::{runtime, store_settings};
 use deepseek_proxy::config::RedisConfig;
 use deepseek_proxy::limits::quota::{Kind, Limits, Permit, Standing, DAY_MS, MINUTE_MS};
 use deepseek_proxy::store::memory::MemoryStore;
 use deepseek_proxy::store::redis::RedisStore;
-use deepseek_proxy::store::{Admission, Ask, Store, StoreSettings};
+use deepseek_proxy::store::{Admission, Ask, Store};
 use proptest::prelude::*;
 use secrecy::SecretString;
 
@@ -198,21 +198,6 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn settings() -> StoreSettings {
-    StoreSettings {
-        login_cache_secs: 60,
-        throttle: ThrottleLimits::default(),
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -232,7 +217,7 @@ proptest! {
                 timeout: Duration::from_millis(500),
             };
             let store: Arc<dyn Store> =
-                Arc::new(RedisStore::new(&config, settings()).expect("store"));
+                Arc::new(RedisStore::new(&config, store_settings()).expect("store"));
             run(store, ops).await
         })?;
     }
@@ -241,7 +226,7 @@ proptest! {
     fn the_memory_quota_counters_behave_like_the_model(ops in prop::collection::vec(op(), 1..80)) {
         let rt = runtime();
         rt.block_on(async {
-            let store: Arc<dyn Store> = Arc::new(MemoryStore::new(settings()));
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new(store_settings()));
             run(store, ops).await
         })?;
     }

@@ -16,25 +16,8 @@ use serde_json::{json, Value};
 
 const RACERS: usize = 50;
 
-/// `user1` with the given limits (as TOML lines), and an unlimited admin.
-fn users_with(limits: &str) -> String {
-    format!(
-        r#"
-[[auth.users]]
-username = "admin"
-password = "admin123"
-role = "admin"
-
-[[auth.users]]
-username = "user1"
-password = "pass123"
-{limits}
-"#
-    )
-}
-
 fn quota_settings(s: &mut Settings, limits: &str) {
-    s.users = Some(users_with(limits));
+    s.users = Some(common::admin_and_user(limits));
     // Every login gets its own token, so racers do not share a slot.
     s.login_cache_seconds = 0;
 }
@@ -292,7 +275,7 @@ async fn bad_quota_config_is_refused_by_name() {
         ("tokens_per_dya = 5", None, "tokens_per_dya"),
         (
             "",
-            Some(users_with("max_concurrent = \"two\"")),
+            Some(common::admin_and_user("max_concurrent = \"two\"")),
             "max_concurrent",
         ),
     ] {

@@ -44,6 +44,41 @@ pub struct Settings {
     pub quotas: String,
 }
 
+/// An admin (`role = "admin"`) and `user1`, with `user1_extra` (e.g. quota
+/// keys) added to user1's table.
+pub fn admin_and_user(user1_extra: &str) -> String {
+    format!(
+        r#"
+[[auth.users]]
+username = "admin"
+password = "admin123"
+role = "admin"
+
+[[auth.users]]
+username = "user1"
+password = "pass123"
+{user1_extra}
+"#
+    )
+}
+
+/// Store settings for tests that drive a `Store` directly.
+pub fn store_settings() -> deepseek_proxy::store::StoreSettings {
+    deepseek_proxy::store::StoreSettings {
+        login_cache_secs: 60,
+        throttle: deepseek_proxy::auth::throttle::Limits::default(),
+    }
+}
+
+/// A two-worker runtime for proptests that block on async code.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// The default users, as TOML.
 pub const DEFAULT_USERS: &str = r#"
 [[auth.users]]
