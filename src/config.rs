@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use reqwest::Url;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -255,6 +257,7 @@ struct RawDeepSeek {
     base_url: String,
     timeout_seconds: u64,
     max_request_seconds: u64,
+    ca_file: String,
 }
 
 impl Default for RawDeepSeek {
@@ -264,6 +267,7 @@ impl Default for RawDeepSeek {
             base_url: "https://api.deepseek.com/v1".into(),
             timeout_seconds: 60,
             max_request_seconds: 1800,
+            ca_file: String::new(),
         }
     }
 }
@@ -339,6 +343,9 @@ pub struct UpstreamConfig {
     pub base_url: Url,
     pub timeout: Duration,
     pub max_request: Duration,
+    /// Root certificates trusted for DeepSeek's TLS besides the built-in
+    /// (Mozilla) roots, from `deepseek.ca_file`; usually none.
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 /// Where the usage ledger lives.
@@ -861,8 +868,27 @@ impl RawDeepSeek {
             base_url,
             timeout: Duration::from_secs(self.timeout_seconds),
             max_request: Duration::from_secs(self.max_request_seconds),
+            extra_roots: read_roots(self.ca_file.trim())?,
         })
     }
+}
+
+/// The certificates in a PEM file; none for an empty path.
+fn read_roots(path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let key = "deepseek.ca_file";
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let roots = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(key, format!("cannot read certificates from {path:?}: {e}")))?;
+    if roots.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ));
+    }
+    Ok(roots)
 }
 
 fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
@@ -1138,6 +1164,25 @@ mod tests {
             _ => None,
         };
         assert!(Config::from_toml(&text, &env).is_ok());
+    }
+
+    #[test]
+    fn ca_file_adds_roots_and_a_bad_one_names_the_key() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+        let text = format!("[deepseek]\nca_file = {ca:?}\n{MINIMAL}");
+        let config = Config::from_toml(&text, &env_with_key).expect("valid");
+        assert_eq!(config.upstream.extra_roots.len(), 1);
+        let none = Config::from_toml(MINIMAL, &env_with_key).expect("valid");
+        assert!(none.upstream.extra_roots.is_empty());
+
+        let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        for path in ["/nonexistent/ca.pem", not_pem] {
+            let text = format!("[deepseek]\nca_file = {path:?}\n{MINIMAL}");
+            let err = Config::from_toml(&text, &env_with_key)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("deepseek.ca_file"), "{err}");
+        }
     }
 
     #[test]

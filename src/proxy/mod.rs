@@ -7,6 +7,7 @@
 
 pub mod headers;
 pub mod hold;
+pub mod pool;
 pub mod relay;
 pub mod upstream;
 
@@ -222,7 +223,7 @@ async fn forward(
     let is_event_stream = headers::is_event_stream(response.headers());
     let out_headers = headers::to_client(response.headers(), is_event_stream);
     let body = RelayBody::new(
-        response.bytes_stream(),
+        response.into_body(),
         upstream.timeout,
         deadline,
         is_event_stream,

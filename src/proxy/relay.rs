@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::Stream;
 use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -145,7 +144,8 @@ type Polled = Poll<Option<Result<Frame<Bytes>, std::io::Error>>>;
 
 impl<S> http_body::Body for RelayBody<S>
 where
-    S: Stream<Item = Result<Bytes, reqwest::Error>>,
+    S: http_body::Body<Data = Bytes>,
+    S::Error: std::fmt::Display,
 {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -176,9 +176,15 @@ where
                 release_then(&mut this, None);
                 continue;
             };
-            match upstream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) if bytes.is_empty() => continue,
-                Poll::Ready(Some(Ok(bytes))) => {
+            match upstream.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers (DeepSeek sends none) are not passed on.
+                    let Ok(bytes) = frame.into_data() else {
+                        continue;
+                    };
+                    if bytes.is_empty() {
+                        continue;
+                    }
                     feed_tapped(&mut this);
                     let next_idle = Instant::now() + *this.idle_timeout;
                     this.idle.as_mut().reset(next_idle);

@@ -1,15 +1,27 @@
 //! The connection to DeepSeek: one pooled client, the routes' URLs, the key
 //! added on the way out, and the classification of what comes back.
+//!
+//! Requests go out on the gateway's own HTTP/1.1 pool ([`super::pool`]),
+//! which the request's task drives itself. When an outbound proxy is set
+//! (`HTTPS_PROXY` and friends) they go through reqwest instead, which knows
+//! how to tunnel through one.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http_body::{Body, Frame};
+use http_body_util::Full;
 use reqwest::Url;
+use rustls::pki_types::CertificateDer;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
 use super::headers;
+use super::pool::{Driven, Pool};
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 
@@ -41,8 +53,42 @@ impl Route {
     }
 }
 
+/// How requests reach DeepSeek.
+enum Transport {
+    Direct(Arc<Pool>),
+    Proxied(reqwest::Client),
+}
+
+/// The body of DeepSeek's answer, from either transport.
+pub enum UpstreamBody {
+    Direct(Driven),
+    Proxied(reqwest::Body),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Direct(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Proxied(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Direct(body) => body.is_end_stream(),
+            UpstreamBody::Proxied(body) => body.is_end_stream(),
+        }
+    }
+}
+
 pub struct Upstream {
-    client: reqwest::Client,
+    transport: Transport,
     /// `Bearer <key>`, marked sensitive so it never prints through Debug.
     authorization: HeaderValue,
     chat: Url,
@@ -50,6 +96,11 @@ pub struct Upstream {
     beta_completions: Url,
     models: Url,
     balance: Url,
+    /// The request targets (origin form: path and query) of the same URLs,
+    /// for the direct transport, in [`Route`] order.
+    targets: [Uri; 5],
+    /// The `Host` header for the direct transport.
+    host: HeaderValue,
     /// Longest wait for the response head, and longest silence mid-body.
     pub timeout: Duration,
     /// Hard cap on one request, keep-alives included.
@@ -58,25 +109,48 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
-        let mut builder = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_keepalive(Duration::from_secs(30));
-        // Proxy matching re-parses the URL on every request; skip it when no
-        // proxy is configured (the common case).
-        if !proxy_configured() {
-            builder = builder.no_proxy();
-        }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let connect_timeout = config.timeout.min(Duration::from_secs(10));
+        let base = &config.base_url;
+        let authority = match (base.host_str(), base.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => return Err("deepseek.base_url has no host".into()),
+        };
+        let origin: Uri = format!("{}://{authority}", base.scheme())
+            .parse()
+            .map_err(|e| format!("deepseek.base_url: {e}"))?;
+        let host = HeaderValue::from_str(&authority).map_err(|_| {
+            "deepseek.base_url has a host that is not a valid header value".to_owned()
+        })?;
+        let transport = if proxy_configured() {
+            let mut client = reqwest::Client::builder();
+            for root in &config.extra_roots {
+                let root = reqwest::Certificate::from_der(root)
+                    .map_err(|e| format!("deepseek.ca_file: {e}"))?;
+                client = client.add_root_certificate(root);
+            }
+            let client = client
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(connect_timeout)
+                .pool_idle_timeout(IDLE_TIMEOUT)
+                .tcp_keepalive(Duration::from_secs(30))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            Transport::Proxied(client)
+        } else {
+            Transport::Direct(Arc::new(Pool::new(
+                origin,
+                tls_config(&config.extra_roots)?,
+                connect_timeout,
+                IDLE_TIMEOUT,
+                MAX_IDLE,
+            )))
+        };
         let mut authorization =
             HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose_secret()))
                 .map_err(|_| "deepseek.api_key is not a valid header value".to_owned())?;
         authorization.set_sensitive(true);
-        let base = &config.base_url;
         let join = |url: &Url, suffix: &str| {
             let mut url = url.clone();
             let path = format!("{}{suffix}", url.path().trim_end_matches('/'));
@@ -89,14 +163,37 @@ impl Upstream {
         let root_path = base.path().strip_suffix("/v1").unwrap_or(base.path());
         root.set_path(root_path.trim_end_matches('/'));
         let beta = join(&root, "/beta");
+        let chat = join(base, "/chat/completions");
+        let beta_chat = join(&beta, "/chat/completions");
+        let beta_completions = join(&beta, "/completions");
+        let models = join(base, "/models");
+        let balance = join(&root, "/user/balance");
+        let target = |url: &Url| {
+            let target = match url.query() {
+                Some(query) => format!("{}?{query}", url.path()),
+                None => url.path().to_owned(),
+            };
+            target
+                .parse::<Uri>()
+                .map_err(|e| format!("deepseek.base_url: {e}"))
+        };
+        let targets = [
+            target(&chat)?,
+            target(&beta_chat)?,
+            target(&beta_completions)?,
+            target(&models)?,
+            target(&balance)?,
+        ];
         Ok(Self {
-            client,
+            transport,
             authorization,
-            chat: join(base, "/chat/completions"),
-            beta_chat: join(&beta, "/chat/completions"),
-            beta_completions: join(&beta, "/completions"),
-            models: join(base, "/models"),
-            balance: join(&root, "/user/balance"),
+            chat,
+            beta_chat,
+            beta_completions,
+            models,
+            balance,
+            targets,
+            host,
             timeout: config.timeout,
             max_request: config.max_request,
         })
@@ -112,6 +209,17 @@ impl Upstream {
         }
     }
 
+    fn target(&self, route: Route) -> &Uri {
+        let index = match route {
+            Route::Chat => 0,
+            Route::BetaChat => 1,
+            Route::BetaCompletions => 2,
+            Route::Models => 3,
+            Route::Balance => 4,
+        };
+        &self.targets[index]
+    }
+
     /// Sends the request and waits for the response head, until the head
     /// timeout or `deadline`, whichever comes first.
     pub async fn send(
@@ -121,7 +229,7 @@ impl Upstream {
         request_id: &HeaderValue,
         body: Option<Bytes>,
         deadline: Instant,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<Response<UpstreamBody>, ApiError> {
         let mut out = headers::to_upstream(client_headers);
         out.insert(header::AUTHORIZATION, self.authorization.clone());
         out.insert("x-request-id", request_id.clone());
@@ -135,28 +243,78 @@ impl Upstream {
         } else {
             Method::GET
         };
-        let mut request = self.client.request(method, self.url(route).clone());
-        if let Some(body) = body {
+        if body.is_some() {
             out.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            request = request.body(body);
         }
         let head_deadline = deadline.min(Instant::now() + self.timeout);
-        match tokio::time::timeout_at(head_deadline, request.headers(out).send()).await {
+        let sent = async {
+            match &self.transport {
+                Transport::Direct(pool) => {
+                    let mut request = Request::new(Full::new(body.unwrap_or_default()));
+                    *request.method_mut() = method;
+                    *request.uri_mut() = self.target(route).clone();
+                    out.insert(header::HOST, self.host.clone());
+                    *request.headers_mut() = out;
+                    pool.send(request)
+                        .await
+                        .map(|r| r.map(UpstreamBody::Direct))
+                        .map_err(|e| e.to_string())
+                }
+                Transport::Proxied(client) => {
+                    let mut request = client.request(method, self.url(route).clone());
+                    if let Some(body) = body {
+                        request = request.body(body);
+                    }
+                    request
+                        .headers(out)
+                        .send()
+                        .await
+                        .map(|r| Response::from(r).map(UpstreamBody::Proxied))
+                        .map_err(|e| e.to_string())
+                }
+            }
+        };
+        match tokio::time::timeout_at(head_deadline, sent).await {
             Err(_) => {
                 tracing::warn!(?route, "upstream sent no response head in time");
                 Err(ApiError::UpstreamTimeout)
             }
-            Ok(Err(e)) => {
-                tracing::warn!(?route, error = %e, "upstream request failed");
+            Ok(Err(error)) => {
+                tracing::warn!(?route, %error, "upstream request failed");
                 Err(ApiError::UpstreamUnreachable)
             }
             Ok(Ok(response)) => classify(route, response),
         }
     }
 }
+
+/// TLS for the direct transport: the built-in Mozilla roots (the same as
+/// reqwest's) plus `deepseek.ca_file`, TLS 1.2 and 1.3, certificates always
+/// verified.
+fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for root in extra_roots {
+        roots
+            .add(root.clone())
+            .map_err(|e| format!("deepseek.ca_file: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// How long an idle connection to DeepSeek is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept at most; more are closed as their requests end.
+const MAX_IDLE: usize = 1024;
 
 /// Whether an outbound proxy is set in the environment (either case).
 fn proxy_configured() -> bool {
@@ -168,7 +326,7 @@ fn proxy_configured() -> bool {
 
 /// Lets through what the client should see (success, and the errors that are
 /// the request's own fault) and turns the rest into the gateway's errors.
-fn classify(route: Route, response: reqwest::Response) -> Result<reqwest::Response, ApiError> {
+fn classify<B>(route: Route, response: Response<B>) -> Result<Response<B>, ApiError> {
     let status = response.status();
     let retry_after = || response.headers().get(header::RETRY_AFTER).cloned();
     match status.as_u16() {

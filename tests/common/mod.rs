@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +43,11 @@ pub struct Settings {
     pub storage: String,
     /// Lines for `[quotas]` (default: none, so no limits).
     pub quotas: String,
+    /// Extra lines for `[deepseek]`, e.g. `ca_file = "..."`.
+    pub deepseek_extra: String,
+    /// Puts a TLS front (tests/fixtures/tls) before the fake and points
+    /// `base_url` at it: `https://127.0.0.1:<port>/v1`.
+    pub upstream_tls: bool,
 }
 
 /// An admin (`role = "admin"`) and `user1`, with `user1_extra` (e.g. quota
@@ -107,6 +113,8 @@ impl Default for Settings {
             state: String::new(),
             storage: "sqlite_path = \":memory:\"".into(),
             quotas: String::new(),
+            deepseek_extra: String::new(),
+            upstream_tls: false,
         }
     }
 }
@@ -152,6 +160,7 @@ api_key = "{api_key}"
 base_url = "{base_url}"
 timeout_seconds = {timeout}
 max_request_seconds = {max_request}
+{deepseek_extra}
 
 [state]
 {state}
@@ -174,6 +183,7 @@ max_request_seconds = {max_request}
         state = s.state,
         storage = s.storage,
         quotas = s.quotas,
+        deepseek_extra = s.deepseek_extra,
     )
 }
 
@@ -191,7 +201,11 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         .jwt_secret
         .clone()
         .unwrap_or_else(|| format!("{}{}", random_hex(), random_hex()));
-    let base_url = settings.base_url.clone().unwrap_or_else(|| fake.base_url());
+    let mut base_url = settings.base_url.clone().unwrap_or_else(|| fake.base_url());
+    if settings.upstream_tls {
+        let front = tls::front(fake.addr()).await;
+        base_url = format!("https://{front}/v1");
+    }
     let text = config_toml(&settings, &base_url, &api_key, &jwt_secret);
     let no_env = |_: &str| None;
     let config = Config::from_toml(&text, &no_env).expect("test config is valid");

@@ -110,6 +110,7 @@ struct Shared {
     started: AtomicU64,
     completed: AtomicU64,
     cancelled: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// A running fake DeepSeek on 127.0.0.1 and an ephemeral port.
@@ -131,8 +132,10 @@ impl FakeDeepSeek {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let app = router(shared.clone());
+        let counted = shared.clone();
         tokio::spawn(async move {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
+                counted.connections.fetch_add(1, Ordering::SeqCst);
                 let _ = tcp.set_nodelay(true);
             });
             let _ = axum::serve(listener, app).await;
@@ -168,6 +171,11 @@ impl FakeDeepSeek {
     /// the exact bytes a faithful proxy must deliver.
     pub fn responses(&self) -> Vec<Bytes> {
         lock(&self.shared.responses).clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Responses started (handler entered).

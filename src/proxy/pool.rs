@@ -1,0 +1,265 @@
+//! HTTP/1.1 connections to DeepSeek, each driven by the request using it.
+//!
+//! A general-purpose client (hyper-util's, under reqwest) runs every
+//! connection in a task of its own and hands each response chunk, and then
+//! the end of the body, to the request's task through a channel: two tasks
+//! wake per chunk, and the chunks of one answer leave for the client in
+//! separate writes. Here the request's own task polls its connection while it
+//! waits for the head and while the relay reads the body, so a chunk goes
+//! from DeepSeek's socket to the client's in one task, and an answer that
+//! arrives at once leaves at once. The measurements are in BENCHMARKS.md.
+//!
+//! The pool keeps idle connections (newest first) and nothing else: an idle
+//! connection is not polled, so one DeepSeek closed is found when it is next
+//! taken, dropped, and replaced. A request that a reused connection could
+//! not even start sending is retried once on a fresh connection; one that was
+//! (even partly) sent is never retried, since a retried completion would be
+//! generated, and billed, twice.
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{Request, Response, Uri};
+use http_body::{Body, Frame};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// One HTTP/1.1 connection: the handle that sends requests on it and the
+/// state machine that does its reading and writing when polled.
+struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    /// `None` once it has finished (closed or failed).
+    driver: Option<http1::Connection<Io, Full<Bytes>>>,
+}
+
+impl Conn {
+    /// Drives the connection; returns `true` if it is still open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(driver) = self.driver.as_mut() {
+            if Pin::new(driver).poll(cx).is_ready() {
+                // Dropping it hands any request or body still waiting on it
+                // an error.
+                self.driver = None;
+            }
+        }
+        self.driver.is_some()
+    }
+
+    /// Waits until a request can be sent; `false` if the connection closed.
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            if !self.drive(cx) {
+                return Poll::Ready(false);
+            }
+            self.sender.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    Connect(String),
+    Request(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "cannot connect: {e}"),
+            SendError::Request(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub struct Pool {
+    /// Scheme, host and port of DeepSeek.
+    origin: Uri,
+    connector: HttpsConnector<HttpConnector>,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(
+        origin: Uri,
+        tls: rustls::ClientConfig,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Self {
+            origin,
+            connector,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// The newest idle connection young enough to trust.
+    fn take(&self) -> Option<Box<Conn>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let cutoff = Instant::now().checked_sub(self.idle_timeout)?;
+        // Oldest first: whatever has waited too long is at the front.
+        let stale = idle.iter().take_while(|i| i.since < cutoff).count();
+        idle.drain(..stale);
+        idle.pop().map(|i| i.conn)
+    }
+
+    fn put(&self, conn: Box<Conn>) {
+        if conn.driver.is_none() || conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Boxed once here, so that handing it around and back to the pool
+    /// moves a pointer, not hyper's connection state.
+    async fn connect(&self) -> Result<Box<Conn>, SendError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.origin.clone())
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        let (sender, driver) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Request)?;
+        Ok(Box::new(Conn {
+            sender,
+            driver: Some(driver),
+        }))
+    }
+
+    /// Sends `request` (its URI in origin form, its `Host` set) and waits for the response head, driving the
+    /// connection meanwhile. The body of the answer drives it from then on,
+    /// and gives it back to the pool once read to the end.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<Driven>, SendError> {
+        loop {
+            let (mut conn, reused) = match self.take() {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
+            if !conn.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(SendError::Connect("the connection closed at once".into()));
+            }
+            let mut sent = pin!(conn.sender.try_send_request(request));
+            let answer = poll_fn(|cx| {
+                if let Poll::Ready(answer) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(answer);
+                }
+                // If the connection is gone, `sent` has its error now.
+                conn.drive(cx);
+                sent.as_mut().poll(cx)
+            })
+            .await;
+            match answer {
+                Ok(response) => {
+                    return Ok(response.map(|body| Driven {
+                        body,
+                        conn: Some(conn),
+                        pool: Arc::clone(self),
+                        ended: false,
+                    }))
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never sent: a stale pooled connection. Try a new one.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// A response body that drives its connection as it is read, and returns
+/// the connection to the pool once the answer was read to the end. Dropped
+/// before that, it closes the connection: DeepSeek sees the client leave.
+pub struct Driven {
+    body: Incoming,
+    conn: Option<Box<Conn>>,
+    pool: Arc<Pool>,
+    /// The body reached its end (hyper may drop a body whose length it knew
+    /// without polling it to the end, hence also `Incoming::is_end_stream`).
+    ended: bool,
+}
+
+impl Body for Driven {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(conn) = this.conn.as_mut() {
+            conn.drive(cx);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        if self.ended || self.body.is_end_stream() {
+            if let Some(conn) = self.conn.take() {
+                self.pool.put(conn);
+            }
+        }
+    }
+}
