@@ -162,11 +162,34 @@ fn request_id(req: &Request) -> HeaderValue {
                 && b.iter().all(|c| c.is_ascii_graphic())
         })
         .cloned()
-        .unwrap_or_else(|| {
-            let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
-            let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
-            HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
-        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// 32 hex digits, unique without a system call per request: a counter, made
+/// to look random by a bijective mix keyed with 128 bits drawn from the OS
+/// once per process, so ids never repeat within a process and replicas draw
+/// different keys. Request ids only correlate log lines; they are not
+/// secrets, and nothing takes one as proof of anything.
+fn new_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static KEY: OnceLock<(u64, u64)> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (high, mix) = *KEY.get_or_init(|| {
+        let k = uuid::Uuid::new_v4().as_u64_pair();
+        (k.0, k.1)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // splitmix64's finaliser: a bijection on u64, so distinct counters give
+    // distinct ids.
+    let mut x = n ^ mix;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let id = (u128::from(high ^ x.rotate_left(17)) << 64) | u128::from(x);
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    let text = uuid::Uuid::from_u128(id).simple().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -403,4 +426,23 @@ fn unix_ms() -> i64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_32_hex_digits_and_never_repeat() {
+        let ids: std::collections::HashSet<_> = (0..100_000)
+            .map(|_| {
+                let id = new_request_id();
+                let text = id.to_str().expect("ascii").to_owned();
+                assert_eq!(text.len(), 32, "{text}");
+                assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
+                text
+            })
+            .collect();
+        assert_eq!(ids.len(), 100_000);
+    }
 }

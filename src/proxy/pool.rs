@@ -130,10 +130,11 @@ impl Pool {
     /// The newest idle connection young enough to trust.
     fn take(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let cutoff = Instant::now().checked_sub(self.idle_timeout)?;
         // Oldest first: whatever has waited too long is at the front.
-        let stale = idle.iter().take_while(|i| i.since < cutoff).count();
-        idle.drain(..stale);
+        if let Some(cutoff) = Instant::now().checked_sub(self.idle_timeout) {
+            let stale = idle.iter().take_while(|i| i.since < cutoff).count();
+            idle.drain(..stale);
+        }
         idle.pop().map(|i| i.conn)
     }
 
@@ -169,9 +170,10 @@ impl Pool {
         }))
     }
 
-    /// Sends `request` (its URI in origin form, its `Host` set) and waits for the response head, driving the
-    /// connection meanwhile. The body of the answer drives it from then on,
-    /// and gives it back to the pool once read to the end.
+    /// Sends `request` (its URI in origin form, its `Host` set) and waits
+    /// for the response head, driving the connection meanwhile. The body of
+    /// the answer drives it from then on, and gives it back to the pool once
+    /// read to the end.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<Full<Bytes>>,
