@@ -232,6 +232,9 @@ pub struct Streams {
     pub gap_p99_ms: f64,
     pub gap_max_ms: f64,
     pub peak_rss_kib: f64,
+    /// Why streams failed, with how many failed so: `connect: ...`,
+    /// `status 502`, `body: ...`.
+    pub failures: std::collections::BTreeMap<String, usize>,
 }
 
 impl Streams {
@@ -239,7 +242,7 @@ impl Streams {
         json!({"completed": self.completed, "lost_frames": self.lost_frames,
                "ttff_p50_ms": self.ttff_p50_ms, "ttff_p99_ms": self.ttff_p99_ms,
                "gap_p99_ms": self.gap_p99_ms, "gap_max_ms": self.gap_max_ms,
-               "peak_rss_kib_over_idle": self.peak_rss_kib})
+               "peak_rss_kib_over_idle": self.peak_rss_kib, "failures": self.failures})
     }
 }
 
@@ -290,16 +293,26 @@ pub async fn streams(
                 .body(body)
                 .send()
                 .await;
-            let Ok(response) = sent else {
-                return (0usize, None, Vec::new());
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) => return (0usize, None, Vec::new(), Some(format!("send: {e}"))),
             };
             if !response.status().is_success() {
-                return (0, None, Vec::new());
+                let reason = format!("status {}", response.status().as_u16());
+                return (0, None, Vec::new(), Some(reason));
             }
             let mut stream = response.bytes_stream();
             let (mut events, mut first, mut last, mut gaps) =
                 (0usize, None, None::<Instant>, Vec::new());
-            while let Some(Ok(chunk)) = stream.next().await {
+            let mut failure = None;
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        failure = Some(format!("body: {e}"));
+                        break;
+                    }
+                };
                 let now = Instant::now();
                 first.get_or_insert(now.duration_since(started));
                 if let Some(prev) = last {
@@ -308,7 +321,7 @@ pub async fn streams(
                 last = Some(now);
                 events += chunk.windows(6).filter(|w| w == b"data: ").count();
             }
-            (events, first, gaps)
+            (events, first, gaps, failure)
         }
     });
     let results = futures_util::future::join_all(tasks).await;
@@ -316,16 +329,25 @@ pub async fn streams(
         handle.abort();
     }
     let peak = *peak_probe.lock().unwrap_or_else(|e| e.into_inner());
-    let completed = results.iter().filter(|(e, _, _)| *e == expected).count();
+    let completed = results.iter().filter(|(e, ..)| *e == expected).count();
     let lost: usize = results
         .iter()
-        .map(|(e, _, _)| expected.saturating_sub(*e))
+        .map(|(e, ..)| expected.saturating_sub(*e))
         .sum();
+    let mut failures = std::collections::BTreeMap::new();
+    for (events, _, _, failure) in &results {
+        let reason = match failure {
+            Some(reason) => reason.clone(),
+            None if *events != expected => format!("ended after {events} of {expected} events"),
+            None => continue,
+        };
+        *failures.entry(reason).or_insert(0) += 1;
+    }
     let ttff: Vec<f64> = results
         .iter()
-        .filter_map(|(_, f, _)| f.map(|d| d.as_secs_f64() * 1e3))
+        .filter_map(|(_, f, ..)| f.map(|d| d.as_secs_f64() * 1e3))
         .collect();
-    let gaps: Vec<f64> = results.into_iter().flat_map(|(_, _, g)| g).collect();
+    let gaps: Vec<f64> = results.into_iter().flat_map(|(_, _, g, _)| g).collect();
     let ttff = Percentiles::of(ttff);
     let gaps = Percentiles::of(gaps);
     Ok(Streams {
@@ -336,6 +358,7 @@ pub async fn streams(
         gap_p99_ms: gaps.get(1),
         gap_max_ms: gaps.get(2),
         peak_rss_kib: (peak - idle_rss).max(0.0),
+        failures,
     })
 }
 

@@ -11,6 +11,10 @@
 //! the usage tap's per-chunk delay (see `tap/`), which the full run and
 //! `--smoke` include.
 //! `BENCH_GATEWAY_WORKERS=N` sets the gateway's tokio worker threads.
+//! For A/B runs: `BENCH_GATEWAY_BIN=PATH` runs that gateway binary instead
+//! of the one just built, and `BENCH_STREAMS=1000,5000` replaces the plan's
+//! stream counts (`--quick` has none). `BENCH_LOG_DIR=DIR` keeps the
+//! processes' logs (stderr) in `DIR/<program>.log`.
 
 mod load;
 mod plan;
@@ -31,7 +35,7 @@ async fn main() {
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "target/bench.json".into());
     let flag = |name: &str| args.iter().any(|a| a == name);
-    let plan = if smoke {
+    let mut plan = if smoke {
         Plan::smoke()
     } else if flag("--quick") {
         Plan::quick()
@@ -40,6 +44,19 @@ async fn main() {
     } else {
         Plan::full()
     };
+    if let Ok(counts) = std::env::var("BENCH_STREAMS") {
+        match counts
+            .split(',')
+            .map(|n| n.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(counts) => plan.stream_counts = counts,
+            Err(e) => {
+                eprintln!("bench: BENCH_STREAMS={counts:?}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Err(e) = run(&plan, smoke, &json_path).await {
         eprintln!("bench: {e}");
         std::process::exit(1);
@@ -222,6 +239,9 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
                 Some(gw.pid),
             )
             .await?;
+            for (reason, n) in &st.failures {
+                eprintln!("bench: {s} streams via {}: {n} × {reason}", gw.name);
+            }
             cells.push(format!(
                 "{}/{} done, {} frames lost, TTFF p50 +{:.1} ms p99 +{:.1} ms, gap p99 {:.1} ms max {:.1} ms, RSS {:.1} KiB/stream",
                 st.completed, s, st.lost_frames,

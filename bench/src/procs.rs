@@ -89,11 +89,29 @@ async fn build(smoke: bool) -> Result<(), String> {
         .ok_or_else(|| "cargo build --release failed".to_owned())
 }
 
-/// Spawns `cmd` and waits for a stdout line containing `needle`.
+/// Spawns `cmd` and waits for a stdout line containing `needle`. Its
+/// stderr (the gateway's log) is dropped, or appended to
+/// `$BENCH_LOG_DIR/<program>.log` when that is set.
 async fn spawn_until(mut cmd: Command, needle: &str) -> Result<(Child, String), String> {
+    let stderr = match std::env::var_os("BENCH_LOG_DIR") {
+        Some(dir) => {
+            let program = std::path::Path::new(cmd.as_std().get_program())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "process".into());
+            let path = std::path::Path::new(&dir).join(format!("{program}.log"));
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map(Stdio::from)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Stdio::null(),
+    };
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("spawn: {e}"))?;
@@ -157,7 +175,9 @@ fn config(users: usize, fake_base: &str, state: &str, ledger: &std::path::Path) 
 impl Procs {
     pub async fn start(users: usize, smoke: bool) -> Result<Procs, String> {
         build(smoke).await?;
-        let bin = profile_dir(smoke).join("deepseek_proxy");
+        let bin = std::env::var_os("BENCH_GATEWAY_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| profile_dir(smoke).join("deepseek_proxy"));
         let fake_bin = profile_dir(smoke).join("fake_deepseek");
         let dir = std::env::temp_dir().join(format!("deepseek_proxy_bench_{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -127,14 +127,26 @@ impl Pool {
         }
     }
 
+    /// Closes idle connections past `idle_timeout` every so often, so a
+    /// quiet gateway does not keep sockets DeepSeek may have closed. Ends
+    /// with the pool.
+    pub fn reap_in_background(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        let every = self.idle_timeout / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                drop_stale(&mut idle, pool.idle_timeout);
+            }
+        });
+    }
+
     /// The newest idle connection young enough to trust.
     fn take(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // Oldest first: whatever has waited too long is at the front.
-        if let Some(cutoff) = Instant::now().checked_sub(self.idle_timeout) {
-            let stale = idle.iter().take_while(|i| i.since < cutoff).count();
-            idle.drain(..stale);
-        }
+        drop_stale(&mut idle, self.idle_timeout);
         idle.pop().map(|i| i.conn)
     }
 
@@ -218,6 +230,15 @@ impl Pool {
     }
 }
 
+/// Drops the connections idle for longer than `timeout`: the oldest, at the
+/// front.
+fn drop_stale(idle: &mut Vec<Idle>, timeout: Duration) {
+    if let Some(cutoff) = Instant::now().checked_sub(timeout) {
+        let stale = idle.iter().take_while(|i| i.since < cutoff).count();
+        idle.drain(..stale);
+    }
+}
+
 /// A response body that drives its connection as it is read, and returns
 /// the connection to the pool once the answer was read to the end. Dropped
 /// before that, it closes the connection: DeepSeek sees the client leave.
@@ -263,5 +284,65 @@ impl Drop for Driven {
                 self.pool.put(conn);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fake_deepseek::FakeDeepSeek;
+    use http_body_util::BodyExt;
+
+    async fn get_models(pool: &Arc<Pool>, fake: &FakeDeepSeek) -> Bytes {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = Uri::from_static("/v1/models");
+        let host = fake.addr().to_string();
+        request
+            .headers_mut()
+            .insert(axum::http::header::HOST, host.parse().expect("host header"));
+        let response = pool.send(request).await.expect("answered");
+        assert_eq!(response.status(), 200);
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    }
+
+    fn idle_count(pool: &Pool) -> usize {
+        pool.idle.lock().expect("lock").len()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_and_closed_once_idle_too_long() {
+        let fake = FakeDeepSeek::start().await.expect("fake");
+        let origin: Uri = format!("http://{}", fake.addr()).parse().expect("uri");
+        let tls = super::super::upstream::tls_config(&[]).expect("tls");
+        let idle_timeout = Duration::from_millis(300);
+        let pool = Arc::new(Pool::new(
+            origin,
+            tls,
+            Duration::from_secs(2),
+            idle_timeout,
+            8,
+        ));
+        pool.reap_in_background();
+
+        let first = get_models(&pool, &fake).await;
+        let second = get_models(&pool, &fake).await;
+        assert_eq!(first, second);
+        assert_eq!(
+            fake.connections(),
+            1,
+            "the second request reused the first's"
+        );
+        assert_eq!(idle_count(&pool), 1);
+
+        // The reaper (every idle_timeout / 3) closes it without any request.
+        tokio::time::sleep(idle_timeout * 2).await;
+        assert_eq!(idle_count(&pool), 0);
+        let _ = get_models(&pool, &fake).await;
+        assert_eq!(fake.connections(), 2);
     }
 }

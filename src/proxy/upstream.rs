@@ -139,13 +139,15 @@ impl Upstream {
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
             Transport::Proxied(client)
         } else {
-            Transport::Direct(Arc::new(Pool::new(
+            let pool = Arc::new(Pool::new(
                 origin,
                 tls_config(&config.extra_roots)?,
                 connect_timeout,
                 IDLE_TIMEOUT,
                 MAX_IDLE,
-            )))
+            ));
+            pool.reap_in_background();
+            Transport::Direct(pool)
         };
         let mut authorization =
             HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose_secret()))
@@ -294,7 +296,9 @@ impl Upstream {
 /// TLS for the direct transport: the built-in Mozilla roots (the same as
 /// reqwest's) plus `deepseek.ca_file`, TLS 1.2 and 1.3, certificates always
 /// verified.
-fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+pub(super) fn tls_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
