@@ -129,8 +129,11 @@ impl RequestLog {
 
     /// DeepSeek's `x-ds-trace-id` for this request, for support cases.
     pub fn set_trace_id(&self, id: Option<&HeaderValue>) {
-        if let Some(id) = id {
-            self.with(|r| r.trace_id = Some(id.clone()));
+        // A copy, not a clone: a header value from DeepSeek is a slice of the
+        // connection's read buffer, and would keep all of it (8 KiB) alive
+        // for as long as the request lasts.
+        if let Some(id) = id.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+            self.with(|r| r.trace_id = Some(id));
         }
     }
 

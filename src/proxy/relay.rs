@@ -63,7 +63,12 @@ pin_project! {
         // body returns `Pending`, so a chunk is on the wire before the tap
         // sees it whenever DeepSeek is slower than the client, which for a
         // stream is always.
-        tapped: Option<Bytes>,
+        //
+        // It is a copy, in a buffer reused for every chunk: holding the
+        // chunk itself would keep alive the upstream connection's whole read
+        // buffer (the chunk is a slice of it), so hyper would allocate a new
+        // one for every read; that doubled the memory per stream.
+        tapped: Vec<u8>,
         tap: Tap,
         log: RequestLog,
     }
@@ -72,8 +77,8 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             // However the body ends, its usage (or an estimate) is recorded.
             let this = this.project();
-            if let Some(chunk) = this.tapped.take() {
-                this.tap.feed(&chunk);
+            if !this.tapped.is_empty() {
+                this.tap.feed(this.tapped);
             }
             this.tap.finish();
             let (usage, estimated) = (this.tap.usage(), this.tap.estimated_completion_tokens());
@@ -103,7 +108,7 @@ impl<S> RelayBody<S> {
             phase: Phase::Streaming,
             hold,
             releasing: None,
-            tapped: None,
+            tapped: Vec::new(),
             tap: Tap::new(is_event_stream),
             log,
         }
@@ -190,7 +195,7 @@ where
                     this.idle.as_mut().reset(next_idle);
                     remember_tail(this.tail, &bytes);
                     this.hold.relayed(bytes.len());
-                    *this.tapped = Some(bytes.clone());
+                    this.tapped.extend_from_slice(&bytes);
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -237,8 +242,9 @@ fn release_then<S>(this: &mut Projection<'_, S>, then: Option<Bytes>) {
 
 /// Shows the tap the last chunk relayed, if it has not seen it yet.
 fn feed_tapped<S>(this: &mut Projection<'_, S>) {
-    if let Some(chunk) = this.tapped.take() {
-        this.tap.feed(&chunk);
+    if !this.tapped.is_empty() {
+        this.tap.feed(this.tapped);
+        this.tapped.clear();
     }
 }
 
