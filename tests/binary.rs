@@ -1043,3 +1043,87 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_still_gets_its_ledger_row()
         "the row was written"
     );
 }
+
+/// A plain HTTP forward proxy: takes absolute-form requests
+/// (`POST http://host:port/path HTTP/1.1`), remembers the target, rewrites
+/// the request line to origin form and pipes the connection to the target.
+async fn forward_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n") {
+                    match client.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).trim_end().to_owned();
+                let mut parts = line.split(' ');
+                let (Some(method), Some(target), Some(version)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return;
+                };
+                let Some(rest) = target.strip_prefix("http://") else {
+                    return;
+                };
+                let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                lock(&log).push(line.clone());
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(host).await else {
+                    return;
+                };
+                let first = format!("{method} {path} {version}\r\n");
+                if upstream.write_all(first.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_http_proxy_set_requests_reach_deepseek_through_the_proxy() {
+    let fake = FakeDeepSeek::start().await.expect("fake upstream");
+    let key = format!("sk-test-{}", random_hex());
+    fake.require_key(&key);
+    let (proxy_addr, seen) = forward_proxy().await;
+    let dir = TempDir::new();
+    let text = config_toml(&Settings::default(), &fake.base_url(), &key, &jwt_secret());
+    let path = dir.write("config.toml", &text);
+    let mut cmd = proxy_with_config(&dir, &path);
+    cmd.env("HTTP_PROXY", format!("http://{proxy_addr}"));
+    let gateway = Running::start(cmd).await;
+    let token = gateway.token(ADMIN).await;
+
+    let plain = gateway.chat(&token, &chat_body(false)).await;
+    assert_eq!(plain.status(), 200);
+    let plain = plain.bytes().await.expect("body");
+    let streamed = gateway.chat(&token, &chat_body(true)).await;
+    assert_eq!(streamed.status(), 200);
+    let streamed = streamed.bytes().await.expect("body");
+
+    let sent = fake.responses();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(plain, sent[0], "relayed byte for byte");
+    assert_eq!(streamed, sent[1], "relayed byte for byte");
+    let seen = lock(&seen).clone();
+    let expected = format!("POST {}/chat/completions HTTP/1.1", fake.base_url());
+    assert!(!seen.is_empty(), "nothing went through the proxy");
+    assert!(seen.iter().all(|l| *l == expected), "{seen:#?}");
+    assert_eq!(
+        fake.requests()[0].headers["authorization"],
+        format!("Bearer {key}").as_str()
+    );
+}
