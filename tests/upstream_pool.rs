@@ -189,3 +189,61 @@ async fn an_upstream_certificate_nobody_trusts_is_a_502_and_nothing_is_sent() {
     );
     assert!(app.slots_free_within(SOON).await);
 }
+
+/// An upstream that answers as soon as it has the head, then never reads
+/// the body and keeps the connection open, as a server rejecting a request
+/// early (without `Connection: close`) may.
+async fn early_answer_upstream() -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let body = r#"{"id":"early","object":"chat.completion","choices":[]}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                // Hold the connection without reading another byte.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), accepted)
+}
+
+#[tokio::test]
+async fn a_connection_whose_request_was_not_fully_sent_is_not_reused() {
+    let (base_url, accepted) = early_answer_upstream().await;
+    let app = spawn_app_with(|s| {
+        s.base_url = Some(base_url);
+        s.max_body_bytes = 64 * 1024 * 1024;
+    })
+    .await;
+    let token = app.token(USER1).await;
+    // Far more than the loopback socket buffers hold, so most of it is
+    // still unsent when the answer has come.
+    let mut big = chat_body(false);
+    big["messages"][0]["content"] = json!("x".repeat(32 * 1024 * 1024));
+    let response = app.chat(&token, &big).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.expect("body").contains("early"));
+
+    let started = std::time::Instant::now();
+    let response = app.chat(&token, &chat_body(false)).await;
+    assert_eq!(response.status(), 200, "not stuck behind the unsent body");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

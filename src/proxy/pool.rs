@@ -12,9 +12,9 @@
 //! The pool keeps idle connections (newest first) and nothing else: an idle
 //! connection is not polled, so one DeepSeek closed is found when it is next
 //! taken, dropped, and replaced. A request that a reused connection could
-//! not even start sending is retried once on a fresh connection; one that was
-//! (even partly) sent is never retried, since a retried completion would be
-//! generated, and billed, twice.
+//! not even start sending is retried on the next pooled connection, or on a
+//! fresh one; one that was (even partly) sent is never retried, since a
+//! retried completion would be generated, and billed, twice.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -279,10 +279,19 @@ impl Body for Driven {
 
 impl Drop for Driven {
     fn drop(&mut self) {
-        if self.ended || self.body.is_end_stream() {
-            if let Some(conn) = self.conn.take() {
-                self.pool.put(conn);
-            }
+        if !(self.ended || self.body.is_end_stream()) {
+            return;
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        // The answer is complete, but the request may not be: DeepSeek can
+        // answer (a 400, say) before it has read a large body, and then stop
+        // reading. Such a connection would hang the next request, so it is
+        // pooled only if it can take one now (as hyper-util's pool does).
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        if conn.drive(&mut cx) && conn.sender.is_ready() {
+            self.pool.put(conn);
         }
     }
 }
