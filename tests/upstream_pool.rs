@@ -13,7 +13,7 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 const SOON: Duration = Duration::from_secs(5);
 
@@ -56,62 +56,80 @@ async fn a_connection_left_mid_answer_is_closed_not_reused() {
     );
 }
 
-/// An upstream that answers one request per connection and closes it
-/// `close_after` later, without `Connection: close`, as a server whose idle
-/// timeout is shorter than the gateway's does.
-async fn one_shot_upstream(close_after: Duration) -> (String, Arc<AtomicU64>) {
+/// A hand-written upstream on 127.0.0.1: `serve` gets each accepted
+/// connection. Returns the `base_url` and the count of connections.
+async fn raw_upstream<F, Fut>(serve: F) -> (String, Arc<AtomicU64>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicU64::new(0));
     let counter = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
+        while let Ok((tcp, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                // Head, then the body by its Content-Length.
-                let body_start = loop {
-                    let Ok(n) = tcp.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&seen[..body_start]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while seen.len() < body_start + length {
-                    let Ok(n) = tcp.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                }
-                let body = r#"{"id":"one-shot","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tcp.write_all(answer.as_bytes()).await;
-                if !close_after.is_zero() {
-                    tokio::time::sleep(close_after).await;
-                }
-                let _ = tcp.shutdown().await;
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     (format!("http://{addr}/v1"), accepted)
+}
+
+/// Reads into `seen` until it holds a whole request head; returns where the
+/// body starts, or `None` if the peer left first.
+async fn read_head(tcp: &mut TcpStream, seen: &mut Vec<u8>) -> Option<usize> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        match tcp.read(&mut buf).await {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// A 200 with a JSON body and its Content-Length (no `Connection` header).
+fn json_answer(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An upstream that answers one request per connection and closes it
+/// `close_after` later, without `Connection: close`, as a server whose idle
+/// timeout is shorter than the gateway's does.
+async fn one_shot_upstream(close_after: Duration) -> (String, Arc<AtomicU64>) {
+    raw_upstream(move |mut tcp| async move {
+        let mut seen = Vec::new();
+        let Some(body_start) = read_head(&mut tcp, &mut seen).await else {
+            return;
+        };
+        // The body, by its Content-Length.
+        let head = String::from_utf8_lossy(&seen[..body_start]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut buf = [0u8; 4096];
+        while seen.len() < body_start + length {
+            match tcp.read(&mut buf).await {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let body = r#"{"id":"one-shot","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+        let _ = tcp.write_all(json_answer(body).as_bytes()).await;
+        if !close_after.is_zero() {
+            tokio::time::sleep(close_after).await;
+        }
+        let _ = tcp.shutdown().await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -194,34 +212,16 @@ async fn an_upstream_certificate_nobody_trusts_is_a_502_and_nothing_is_sent() {
 /// the body and keeps the connection open, as a server rejecting a request
 /// early (without `Connection: close`) may.
 async fn early_answer_upstream() -> (String, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let body = r#"{"id":"early","object":"chat.completion","choices":[]}"#;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tcp.write_all(answer.as_bytes()).await;
-                // Hold the connection without reading another byte.
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            });
+    raw_upstream(|mut tcp| async move {
+        if read_head(&mut tcp, &mut Vec::new()).await.is_none() {
+            return;
         }
-    });
-    (format!("http://{addr}/v1"), accepted)
+        let body = r#"{"id":"early","object":"chat.completion","choices":[]}"#;
+        let _ = tcp.write_all(json_answer(body).as_bytes()).await;
+        // Hold the connection without reading another byte.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await
 }
 
 #[tokio::test]
