@@ -48,9 +48,12 @@ struct Record {
     estimated_tokens: Option<u64>,
     trace_id: Option<HeaderValue>,
     /// Set for upstream-bound requests: they get a ledger row.
-    route: Option<&'static str>,
+    route: Option<crate::proxy::Route>,
     token_id: u128,
+    /// The model DeepSeek serves (what policy, quotas and metrics use).
     model: Option<String>,
+    /// The name the client sent, when it differs.
+    requested_model: Option<String>,
     stream: bool,
     /// For the gateway-overhead histogram: how long the client took to send
     /// its body, when the request went upstream, and when DeepSeek's
@@ -111,19 +114,18 @@ impl RequestLog {
     }
 
     /// Marks the request as upstream-bound, for the usage ledger.
-    pub fn set_request(
-        &self,
-        route: &'static str,
-        token_id: u128,
-        model: Option<&str>,
-        stream: bool,
-    ) {
+    pub fn set_request(&self, request: &Requested<'_>, token_id: u128) {
+        // Client-chosen: kept short for the ledger and the metrics.
+        let short = |m: &str| m.chars().take(MAX_MODEL_CHARS).collect::<String>();
         self.with(|r| {
-            r.route = Some(route);
+            r.route = Some(request.route);
             r.token_id = token_id;
-            // Client-chosen: kept short for the ledger and the metrics.
-            r.model = model.map(|m| m.chars().take(MAX_MODEL_CHARS).collect());
-            r.stream = stream;
+            r.model = request.served.map(short);
+            r.requested_model = request
+                .requested
+                .filter(|name| Some(*name) != request.served)
+                .map(short);
+            r.stream = request.stream;
         });
     }
 
@@ -151,6 +153,26 @@ impl RequestLog {
     /// `upstream_failed` or `timed_out`.
     pub fn set_outcome(&self, outcome: &'static str) {
         self.with(|r| r.outcome = Some(outcome));
+    }
+}
+
+/// What an upstream-bound request asked for, for its log line and ledger row.
+pub struct Requested<'a> {
+    pub route: crate::proxy::Route,
+    pub requested: Option<&'a str>,
+    pub served: Option<&'a str>,
+    pub stream: bool,
+}
+
+impl Requested<'_> {
+    /// A request with no body (the model list, the balance).
+    pub fn bare(route: crate::proxy::Route) -> Self {
+        Self {
+            route,
+            requested: None,
+            served: None,
+            stream: false,
+        }
     }
 }
 
@@ -198,8 +220,10 @@ fn new_request_id() -> HeaderValue {
 pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     // The bearer token must never print, even through a Debug of the headers.
-    if let Some(auth) = req.headers_mut().get_mut(axum::http::header::AUTHORIZATION) {
-        auth.set_sensitive(true);
+    for name in [axum::http::header::AUTHORIZATION.as_str(), "x-api-key"] {
+        if let Some(auth) = req.headers_mut().get_mut(name) {
+            auth.set_sensitive(true);
+        }
     }
     let id = request_id(&req);
     let log = RequestLog::default();
@@ -346,6 +370,8 @@ impl Line {
             path = %l.path,
             client = %l.client,
             user = %r.user.as_deref().unwrap_or("-"),
+            format = %r.route.map_or("-", |route| route.format().name()),
+            model = %r.model.as_deref().unwrap_or("-"),
             status = l.status,
             upstream_status = r.upstream_status.unwrap_or(0),
             error = %l.error.unwrap_or("-"),
@@ -357,6 +383,7 @@ impl Line {
             prompt_tokens = count(|u| u.prompt_tokens),
             completion_tokens = count(|u| u.completion_tokens),
             cached_tokens = count(|u| u.cached_tokens),
+            cache_miss_tokens = count(|u| u.cache_miss_tokens),
             reasoning_tokens = count(|u| u.reasoning_tokens),
             completion_tokens_estimated = r.estimated_tokens,
             ds_trace_id = r
@@ -367,16 +394,24 @@ impl Line {
             "request"
         );
         // A fixed set of labels: paths are client-chosen.
-        let route_label = match l.path.as_str() {
-            "/chat/completions" | "/v1/chat/completions" => "chat",
-            "/beta/chat/completions" => "beta_chat",
-            "/beta/completions" => "beta_completions",
-            "/models" | "/v1/models" => "models",
-            "/user/balance" => "balance",
-            "/admin/usage" | "/admin/requests" | "/admin/active" | "/v1/usage/me" => "usage_api",
-            "/auth/login" => "login",
-            "/auth/logout" => "logout",
-            "/healthz" | "/readyz" => "health",
+        let route_label = match (r.route, l.path.as_str()) {
+            (Some(route), _) => route.name(),
+            (None, "/chat/completions" | "/v1/chat/completions") => "chat",
+            (None, "/responses" | "/v1/responses") => "responses",
+            (None, "/anthropic/v1/messages") => "messages",
+            (None, "/anthropic/v1/messages/count_tokens") => "count_tokens",
+            (None, "/v1/tools/search") => "tool_search",
+            (None, "/v1/tools/fetch") => "tool_fetch",
+            (None, "/beta/chat/completions") => "beta_chat",
+            (None, "/beta/completions") => "beta_completions",
+            (None, "/models" | "/v1/models") => "models",
+            (None, "/user/balance") => "balance",
+            (None, "/admin/usage" | "/admin/requests" | "/admin/active" | "/v1/usage/me") => {
+                "usage_api"
+            }
+            (None, "/auth/login") => "login",
+            (None, "/auth/logout") => "logout",
+            (None, "/healthz" | "/readyz") => "health",
             _ => "other",
         };
         let model = r.model.as_deref().unwrap_or("-");
@@ -394,13 +429,17 @@ impl Line {
         if let Some(route) = r.route {
             let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             let usage = r.usage.as_ref();
+            // DeepSeek bills an answer it sent (a tool call only then).
+            let billable = (200..300).contains(&l.status) && bytes_out > 0;
             self.state.ledger.record(UsageRecord {
                 request_id: l.request_id.to_str().unwrap_or("-").to_owned(),
                 ts_ms: unix_ms(),
                 username: r.user.clone().unwrap_or_default(),
                 token_id: format!("{:032x}", r.token_id),
-                route: route.to_owned(),
+                route: route.name().to_owned(),
+                format: route.format().name().to_owned(),
                 model: r.model.clone(),
+                requested_model: r.requested_model.clone(),
                 stream: r.stream,
                 status: i64::from(l.status),
                 upstream_status: r.upstream_status.map(i64::from),
@@ -408,6 +447,7 @@ impl Line {
                 prompt_tokens: usage.map(|u| to_i64(u.prompt_tokens)),
                 completion_tokens: usage.map(|u| to_i64(u.completion_tokens)),
                 cached_tokens: usage.map(|u| to_i64(u.cached_tokens)),
+                cache_miss_tokens: usage.map(|u| to_i64(u.cache_miss_tokens)),
                 reasoning_tokens: usage.map(|u| to_i64(u.reasoning_tokens)),
                 completion_tokens_estimated: r.estimated_tokens.map(to_i64),
                 latency_ms: ms(l.start.elapsed()),
@@ -416,6 +456,7 @@ impl Line {
                 bytes_out: to_i64(bytes_out),
                 client_ip: l.client.clone(),
                 outcome: outcome.to_owned(),
+                billable,
             });
         }
     }

@@ -1,6 +1,6 @@
 //! The admin and self-service API, read from the usage ledger.
 //!
-//! * `GET /admin/usage?from=&to=&user=&group_by=user|model|day` (admin):
+//! * `GET /admin/usage?from=&to=&user=&group_by=user|model|day|format` (admin):
 //!   totals; `from`/`to` are Unix seconds (default: the last 7 days).
 //! * `GET /admin/requests?user=&limit=` (admin): the newest ledger rows.
 //! * `GET /admin/active` (admin): the completion requests in flight in this
@@ -76,10 +76,11 @@ pub async fn usage(
         "user" => GroupBy::User,
         "model" => GroupBy::Model,
         "day" => GroupBy::Day,
+        "format" => GroupBy::Format,
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                "group_by is user, model or day",
+                "group_by is user, model, day or format",
             ))
         }
     };

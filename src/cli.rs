@@ -107,6 +107,7 @@ fn render(rows: &[Totals], by: GroupBy) -> String {
         GroupBy::User => "user",
         GroupBy::Model => "model",
         GroupBy::Day => "day (UTC)",
+        GroupBy::Format => "format",
     };
     let key = |t: &Totals| match by {
         GroupBy::Day => t
@@ -117,15 +118,16 @@ fn render(rows: &[Totals], by: GroupBy) -> String {
         _ => t.key.clone(),
     };
     let mut out = format!(
-        "{label:<24} {:>9} {:>14} {:>14} {:>14}\n",
-        "requests", "prompt", "completion", "est. (aborted)"
+        "{label:<24} {:>9} {:>14} {:>14} {:>14} {:>14}\n",
+        "requests", "prompt", "cache hits", "completion", "est. (aborted)"
     );
     for t in rows {
         out.push_str(&format!(
-            "{:<24} {:>9} {:>14} {:>14} {:>14}\n",
+            "{:<24} {:>9} {:>14} {:>14} {:>14} {:>14}\n",
             key(t),
             t.requests,
             t.prompt_tokens,
+            t.cached_tokens,
             t.completion_tokens,
             t.estimated_tokens
         ));

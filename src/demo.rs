@@ -55,7 +55,9 @@ pub async fn start_fake(config: &mut Config) -> std::io::Result<FakeDeepSeek> {
         ..Behavior::default()
     });
     fake.require_key(DEMO_KEY);
-    config.upstream.base_url = Url::parse(&fake.base_url()).map_err(std::io::Error::other)?;
+    // DeepSeek's root: the routes' paths hang off it.
+    config.upstream.base_url =
+        Url::parse(&format!("http://{}", fake.addr())).map_err(std::io::Error::other)?;
     config.upstream.api_key = SecretString::from(DEMO_KEY);
     Ok(fake)
 }

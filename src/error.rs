@@ -192,8 +192,8 @@ impl ApiError {
             Self::NotFound => "no such route; see the gateway's README for its API".into(),
             Self::MethodNotAllowed => "method not allowed on this route".into(),
             Self::InvalidCredentials => "invalid username or password".into(),
-            Self::MissingToken => "missing bearer token: log in at POST /auth/login and send \
-                 'Authorization: Bearer <token>'"
+            Self::MissingToken => "missing token: log in at POST /auth/login and send \
+                 'Authorization: Bearer <token>' (or 'x-api-key: <token>')"
                 .into(),
             Self::InvalidToken => "invalid token: log in again at POST /auth/login".into(),
             Self::ExpiredToken => "token expired: log in again at POST /auth/login".into(),
@@ -223,7 +223,18 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
-        let body = error_json(&self.message(), self.kind(), code);
+        let message = self.message();
+        // Whether the official SDKs should retry by themselves: yes when a
+        // retry in a second can succeed, no when the limit lasts for hours.
+        let retry = match &self {
+            Self::TokenBusy | Self::StateUnavailable => Some("true"),
+            Self::Quota(refusal) if refusal.kind == crate::limits::quota::Kind::Concurrent => {
+                Some("true")
+            }
+            Self::Quota(_) => Some("false"),
+            _ => None,
+        };
+        let body = error_json(&message, self.kind(), code);
         let mut response = (
             self.status(),
             [(
@@ -265,8 +276,15 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        // The error is logged once, by the access log, with this code.
+        if let Some(retry) = retry {
+            headers.insert("x-should-retry", HeaderValue::from_static(retry));
+        }
+        // The error is logged once, by the access log, with this code; a
+        // format with its own dialect rewords the body from the message.
         response.extensions_mut().insert(ErrorCode(code));
+        response
+            .extensions_mut()
+            .insert(ErrorMessage(message.into_boxed_str()));
         response
     }
 }
@@ -274,6 +292,11 @@ impl IntoResponse for ApiError {
 /// Attached to error responses so the access log can name the error.
 #[derive(Clone, Debug)]
 pub struct ErrorCode(pub &'static str);
+
+/// The message of one of the gateway's own errors, for a format that words
+/// errors in its own dialect (see `formats::anthropic`).
+#[derive(Clone, Debug)]
+pub struct ErrorMessage(pub Box<str>);
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {

@@ -1,9 +1,10 @@
 //! deepseek_proxy: a gateway that lets a team share one DeepSeek key.
 //!
 //! Where a request goes: [`routes`] -> [`access_log`] -> [`auth`] (token
-//! check) -> [`proxy`] (slot from [`limits`], then [`proxy::upstream`], then
-//! the [`proxy::relay`] body, with its [`usage`] tap). Errors are
-//! [`error::ApiError`].
+//! check) -> [`proxy`] (slot from [`limits`], the body checked as its
+//! [`formats`] says, [`proxy::prepare`], then [`proxy::upstream`], then the
+//! [`proxy::relay`] body, with its [`usage`] tap). Errors are
+//! [`error::ApiError`], worded in each format's dialect.
 
 pub mod access_log;
 pub mod active;
@@ -16,6 +17,7 @@ pub mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod formats;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

@@ -19,7 +19,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Cli {
     /// Config file.
-    #[arg(long, env = "DEEPSEEK_PROXY_CONFIG", default_value = "config.toml")]
+    /// Accepted before or after a subcommand.
+    #[arg(
+        long,
+        global = true,
+        env = "DEEPSEEK_PROXY_CONFIG",
+        default_value = "config.toml"
+    )]
     config: PathBuf,
     /// Run against a built-in fake DeepSeek: no key and no network needed.
     #[arg(long)]
@@ -38,7 +44,7 @@ enum Command {
         /// How far back: 7d, 12h, 30m.
         #[arg(long, default_value = "7d")]
         since: String,
-        /// Group by user, model or day.
+        /// Group by user, model, day or format.
         #[arg(long, value_enum, default_value = "user")]
         by: By,
     },
@@ -49,6 +55,7 @@ enum By {
     User,
     Model,
     Day,
+    Format,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +67,7 @@ fn main() -> ExitCode {
                 By::User => GroupBy::User,
                 By::Model => GroupBy::Model,
                 By::Day => GroupBy::Day,
+                By::Format => GroupBy::Format,
             };
             return cli::usage(&cli.config, &since, by);
         }

@@ -10,9 +10,11 @@
 //! 3. CORS, only when `server.cors_allowed_origins` is set: answers
 //!    preflights before auth, since browsers send them without a token.
 //! 4. the router: public routes, or the token check and then a protected
-//!    route; everything under `/auth` is `Cache-Control: no-store`.
+//!    route; everything under `/auth` is `Cache-Control: no-store`, and the
+//!    gateway's own errors under `/anthropic` are reworded in Anthropic's
+//!    dialect.
 
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +24,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::access_log::{access_log, X_REQUEST_ID};
 use crate::auth::{login, logout, require_token, require_token_and_slot};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorMessage};
+use crate::formats::anthropic;
 use crate::state::AppState;
 use crate::{admin, proxy};
 
@@ -31,6 +34,11 @@ pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
     let with_slot = Router::new()
         .route("/chat/completions", post(proxy::chat))
         .route("/v1/chat/completions", post(proxy::chat))
+        .route("/responses", post(proxy::responses))
+        .route("/v1/responses", post(proxy::responses))
+        .route("/anthropic/v1/messages", post(proxy::messages))
+        .route("/v1/tools/search", post(proxy::tool_search))
+        .route("/v1/tools/fetch", post(proxy::tool_fetch))
         .route("/beta/chat/completions", post(proxy::beta_chat))
         .route("/beta/completions", post(proxy::beta_completions))
         .route_layer(from_fn_with_state(state.clone(), require_token_and_slot));
@@ -38,6 +46,10 @@ pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
     let protected = Router::new()
         .route("/models", get(proxy::models))
         .route("/v1/models", get(proxy::models))
+        .route(
+            "/anthropic/v1/messages/count_tokens",
+            post(proxy::count_tokens),
+        )
         .route("/auth/logout", post(logout))
         .route("/user/balance", get(proxy::balance))
         .route("/admin/usage", get(admin::usage))
@@ -56,7 +68,8 @@ pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
         .merge(public)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(map_response(no_store_for_auth));
+        .layer(map_response(no_store_for_auth))
+        .layer(map_response(dialect));
     with_layers(app, state, cors_allowed_origins)
 }
 
@@ -88,6 +101,9 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 X_REQUEST_ID.clone(),
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("anthropic-version"),
+                HeaderName::from_static("anthropic-beta"),
             ])
             .expose_headers([X_REQUEST_ID.clone(), header::RETRY_AFTER])
             .max_age(std::time::Duration::from_secs(600)),
@@ -100,6 +116,18 @@ async fn no_store_for_auth(uri: Uri, mut response: Response) -> Response {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The gateway's own errors on Anthropic routes, in Anthropic's shape, so
+/// its SDKs raise their usual exceptions. DeepSeek's own answers there are
+/// already in that shape and pass untouched.
+async fn dialect(uri: Uri, mut response: Response) -> Response {
+    if uri.path().starts_with("/anthropic/") {
+        if let Some(ErrorMessage(message)) = response.extensions_mut().remove::<ErrorMessage>() {
+            anthropic::rewrite_error(&mut response, &message);
+        }
     }
     response
 }

@@ -9,10 +9,11 @@ use crate::active::Active;
 use crate::auth::jwt::JwtKeys;
 use crate::auth::password::{Passwords, Stored};
 use crate::client_ip::IpNet;
-use crate::config::Config;
+use crate::config::{Config, Models};
 use crate::ledger::Ledger;
 use crate::limits::quota::Limits;
 use crate::metrics::Metrics;
+use crate::proxy::prepare::user_id_for;
 use crate::proxy::Upstream;
 use crate::store::{self, Store, StoreSettings};
 
@@ -29,6 +30,8 @@ pub struct Account {
     pub disabled: bool,
     pub admin: bool,
     pub limits: Limits,
+    /// What DeepSeek gets as `user_id` for this user (`deepseek.user_id`).
+    pub upstream_user_id: Option<String>,
 }
 
 impl Account {
@@ -58,6 +61,8 @@ pub struct Inner {
     pub active: Active,
     /// Reserved against `tokens_per_day` for a request without `max_tokens`.
     pub default_max_tokens: u64,
+    /// Model aliases (`[models.aliases]`).
+    pub models: Models,
 }
 
 impl Deref for AppState {
@@ -74,6 +79,10 @@ impl AppState {
     pub fn new(config: Config, ledger: Ledger) -> Result<Self, String> {
         let upstream = Upstream::new(&config.upstream)?;
         let auth = config.auth;
+        let user_id_mode = config.upstream.user_id;
+        let user_id_key = secrecy::ExposeSecret::expose_secret(&auth.jwt_secret)
+            .as_bytes()
+            .to_vec();
         let store = store::select(
             &config.state,
             StoreSettings {
@@ -85,7 +94,9 @@ impl AppState {
             .users
             .into_iter()
             .map(|u| {
+                let upstream_user_id = user_id_for(user_id_mode, &user_id_key, &u.username);
                 let account = move |password| Account {
+                    upstream_user_id,
                     username: u.username,
                     password,
                     models: u.models.map(|m| m.into_iter().collect()),
@@ -119,6 +130,7 @@ impl AppState {
             trusted_proxies: config.server.trusted_proxies,
             active: Active::default(),
             default_max_tokens: config.default_max_tokens,
+            models: config.models,
         })))
     }
 }

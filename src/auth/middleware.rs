@@ -10,6 +10,9 @@ use axum::response::{IntoResponse, Response};
 
 use std::sync::{Arc, Mutex};
 
+/// Anthropic's SDKs send the key here.
+pub const X_API_KEY: &str = "x-api-key";
+
 use super::jwt::{unix_now, Claims};
 use crate::access_log::RequestLog;
 use crate::error::ApiError;
@@ -123,14 +126,19 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthToken, ApiE
     })
 }
 
-/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// The token of an `Authorization: Bearer <token>` header, or else of an
+/// `x-api-key` header (what Anthropic's SDKs send). The scheme is
 /// case-insensitive (RFC 7235); anything else is refused.
 fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(ApiError::MissingToken)?
-        .to_str()
-        .map_err(|_| ApiError::InvalidToken)?;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        let key = headers.get(X_API_KEY).ok_or(ApiError::MissingToken)?;
+        let key = key.to_str().map_err(|_| ApiError::InvalidToken)?.trim();
+        if key.is_empty() {
+            return Err(ApiError::MissingToken);
+        }
+        return Ok(key);
+    };
+    let value = value.to_str().map_err(|_| ApiError::InvalidToken)?;
     let (scheme, token) = value.split_once(' ').ok_or(ApiError::InvalidToken)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::InvalidToken);
@@ -188,5 +196,16 @@ mod tests {
             bearer_token(&headers("abc")),
             Err(ApiError::InvalidToken)
         ));
+    }
+
+    #[test]
+    fn an_x_api_key_header_works_when_there_is_no_authorization() {
+        let mut h = HeaderMap::new();
+        h.insert(X_API_KEY, HeaderValue::from_static("tok"));
+        assert_eq!(bearer_token(&h).ok(), Some("tok"));
+        h.insert(X_API_KEY, HeaderValue::from_static(" "));
+        assert!(matches!(bearer_token(&h), Err(ApiError::MissingToken)));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        assert_eq!(bearer_token(&h).ok(), Some("a"));
     }
 }

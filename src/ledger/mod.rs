@@ -38,7 +38,12 @@ pub struct UsageRecord {
     /// The token's `jti`, never the token.
     pub token_id: String,
     pub route: String,
+    /// The wire format: chat, fim, responses, anthropic or tools.
+    pub format: String,
+    /// The model DeepSeek served (aliases and claude names resolved).
     pub model: Option<String>,
+    /// The name the client sent, when it differs from `model`.
+    pub requested_model: Option<String>,
     pub stream: bool,
     pub status: i64,
     pub upstream_status: Option<i64>,
@@ -46,6 +51,7 @@ pub struct UsageRecord {
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
     pub cached_tokens: Option<i64>,
+    pub cache_miss_tokens: Option<i64>,
     pub reasoning_tokens: Option<i64>,
     /// Set instead of `completion_tokens` when the request ended before
     /// DeepSeek reported its usage.
@@ -56,6 +62,9 @@ pub struct UsageRecord {
     pub bytes_out: i64,
     pub client_ip: String,
     pub outcome: String,
+    /// DeepSeek bills it: a 2xx answer with content (a tool call is billed
+    /// per call, a completion by its tokens).
+    pub billable: bool,
 }
 
 /// A handle to the ledger; cheap to clone.

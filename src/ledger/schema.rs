@@ -8,7 +8,8 @@ use sqlx::Row;
 use super::UsageRecord;
 
 /// Each entry moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS usage_log (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS usage_log (
         request_id TEXT NOT NULL,
         ts_ms BIGINT NOT NULL,
         username TEXT NOT NULL,
@@ -32,7 +33,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS usage_log (
         outcome TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS usage_log_user_ts ON usage_log (username, ts_ms);
-    CREATE INDEX IF NOT EXISTS usage_log_ts ON usage_log (ts_ms);"];
+    CREATE INDEX IF NOT EXISTS usage_log_ts ON usage_log (ts_ms);",
+    // 2: the wire formats (responses, anthropic, tools), the name the client
+    // sent beside the served model, cache misses, and what DeepSeek bills.
+    "ALTER TABLE usage_log ADD COLUMN format TEXT NOT NULL DEFAULT 'chat';
+    ALTER TABLE usage_log ADD COLUMN requested_model TEXT;
+    ALTER TABLE usage_log ADD COLUMN cache_miss_tokens BIGINT;
+    ALTER TABLE usage_log ADD COLUMN billable BIGINT NOT NULL DEFAULT 1",
+];
 
 pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
     if sqlite {
@@ -69,9 +77,9 @@ pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
 const INSERT_INTO: &str = "INSERT INTO usage_log (request_id, ts_ms, username, token_id, route, \
     model, stream, status, upstream_status, error_code, prompt_tokens, completion_tokens, \
     cached_tokens, reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
-    bytes_out, client_ip, outcome) VALUES ";
-const COLUMNS: usize = 21;
-/// Rows per INSERT statement: 1,050 parameters, within both SQLite's and
+    bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable) VALUES ";
+const COLUMNS: usize = 25;
+/// Rows per INSERT statement: 1,250 parameters, within both SQLite's and
 /// PostgreSQL's limits. One statement per chunk, not per row, because with
 /// SQLite each statement is a round trip to sqlx's database thread.
 const ROWS_PER_STATEMENT: usize = 50;
@@ -141,7 +149,11 @@ pub async fn insert(pool: &AnyPool, sqlite: bool, rows: &[UsageRecord]) -> Resul
                 .bind(r.bytes_in)
                 .bind(r.bytes_out)
                 .bind(&r.client_ip)
-                .bind(&r.outcome);
+                .bind(&r.outcome)
+                .bind(&r.format)
+                .bind(r.requested_model.clone())
+                .bind(r.cache_miss_tokens)
+                .bind(i64::from(r.billable));
         }
         query.execute(&mut *tx).await?;
     }
@@ -155,6 +167,8 @@ pub enum GroupBy {
     Model,
     /// UTC day.
     Day,
+    /// Wire format (chat, responses, anthropic, tools...).
+    Format,
 }
 
 impl GroupBy {
@@ -163,6 +177,7 @@ impl GroupBy {
             GroupBy::User => "username",
             GroupBy::Model => "COALESCE(model, '-')",
             GroupBy::Day => "CAST(ts_ms / 86400000 AS TEXT)",
+            GroupBy::Format => "format",
         }
     }
 }
@@ -176,6 +191,10 @@ pub struct Totals {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub estimated_tokens: i64,
+    /// Input tokens served from DeepSeek's cache.
+    pub cached_tokens: i64,
+    /// Billable tool calls and completions.
+    pub billable_requests: i64,
 }
 
 /// Which rows to add up: `[from_ms, to_ms)`, optionally one user's.
@@ -198,7 +217,9 @@ pub async fn totals(
         "SELECT {group} AS k, CAST(COUNT(*) AS BIGINT) AS requests, \
          CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt, \
          CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, \
-         CAST(COALESCE(SUM(completion_tokens_estimated), 0) AS BIGINT) AS estimated \
+         CAST(COALESCE(SUM(completion_tokens_estimated), 0) AS BIGINT) AS estimated, \
+         CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached, \
+         CAST(COALESCE(SUM(billable), 0) AS BIGINT) AS billable \
          FROM usage_log WHERE ts_ms >= $1 AND ts_ms < $2 AND ($3 = '' OR username = $4) \
          GROUP BY {group} ORDER BY {group}"
     );
@@ -218,6 +239,8 @@ pub async fn totals(
                 prompt_tokens: row.try_get("prompt")?,
                 completion_tokens: row.try_get("completion")?,
                 estimated_tokens: row.try_get("estimated")?,
+                cached_tokens: row.try_get("cached")?,
+                billable_requests: row.try_get("billable")?,
             })
         })
         .collect()
@@ -234,7 +257,8 @@ pub async fn recent(
         "SELECT request_id, ts_ms, username, token_id, route, model, stream, status, \
          upstream_status, error_code, prompt_tokens, completion_tokens, cached_tokens, \
          reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
-         bytes_out, client_ip, outcome FROM usage_log \
+         bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable \
+         FROM usage_log \
          WHERE ($1 = '' OR username = $2) ORDER BY ts_ms DESC LIMIT $3",
     )
     .bind(user.clone())
@@ -266,6 +290,10 @@ pub async fn recent(
                 bytes_out: r.try_get("bytes_out")?,
                 client_ip: r.try_get("client_ip")?,
                 outcome: r.try_get("outcome")?,
+                format: r.try_get("format")?,
+                requested_model: r.try_get("requested_model")?,
+                cache_miss_tokens: r.try_get("cache_miss_tokens")?,
+                billable: r.try_get::<i64, _>("billable")? != 0,
             })
         })
         .collect()

@@ -3,9 +3,17 @@
 
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Client headers passed upstream. Never Authorization, Cookie, Host or
-/// X-Forwarded-*: the upstream sees the gateway's key and nothing of the client's.
-const TO_UPSTREAM: [HeaderName; 3] = [header::ACCEPT, header::ACCEPT_LANGUAGE, header::USER_AGENT];
+/// Client headers passed upstream. Never Authorization, x-api-key, Cookie,
+/// Host or X-Forwarded-*: the upstream sees the gateway's key and nothing of
+/// the client's. Anthropic's version and beta headers choose the API's
+/// behaviour, so they pass.
+const TO_UPSTREAM: [HeaderName; 5] = [
+    header::ACCEPT,
+    header::ACCEPT_LANGUAGE,
+    header::USER_AGENT,
+    HeaderName::from_static("anthropic-version"),
+    HeaderName::from_static("anthropic-beta"),
+];
 
 /// Upstream headers passed to the client. Never Set-Cookie.
 const TO_CLIENT: [HeaderName; 4] = [
@@ -63,6 +71,7 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-host", "evil.example"),
             ("api-key", "sk-other"),
+            ("x-api-key", "client-token"),
             ("user-agent", "OpenAI/Python 1.0"),
             ("accept", "text/event-stream"),
         ] {

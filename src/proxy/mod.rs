@@ -1,33 +1,36 @@
 //! Forwarding to DeepSeek.
 //!
-//! A completion request goes: take the token's slot (or 429 at once) -> read
-//! and check the body -> send upstream with the real key -> relay the
-//! response body, which now owns the slot. See [`relay`] for how the stream
-//! ends, and [`upstream`] for what is sent and how answers are classified.
+//! Every format takes the same path: take the token's slot (or 429 at once)
+//! -> read the body and check it as the route's [`Format`] says ->
+//! [`prepare`]: resolve the served model, rewrite the fields the gateway
+//! owns -> policy and quotas on the served model -> send upstream with the
+//! real key -> relay the response body, which now owns the slot. See
+//! [`relay`] for how the stream ends, and [`upstream`] for the routes' paths
+//! and how answers are classified.
 
 pub mod headers;
 pub mod hold;
+mod models;
 pub mod pool;
+pub mod prepare;
 pub mod relay;
 pub mod upstream;
 
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use std::borrow::Cow;
-
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::access_log::{RequestId, RequestLog};
+use crate::access_log::{RequestId, RequestLog, Requested};
 use crate::admin::AdminToken;
 use crate::auth::{AuthToken, SlotLease};
 use crate::body::read_limited;
 use crate::error::ApiError;
+use crate::formats::Format;
 use crate::limits::quota::{Admission, Ask};
 use crate::state::AppState;
 use hold::{Charge, Hold};
+use prepare::prepare;
 use relay::RelayBody;
 pub use upstream::{Route, Upstream};
 
@@ -66,49 +69,68 @@ where
     }
 }
 
-/// `POST /chat/completions` and `POST /v1/chat/completions`.
-pub async fn chat(
-    token: AuthToken,
-    lease: SlotLease,
-    cx: Context,
-    body: Body,
-) -> Result<Response, ApiError> {
-    completion(Route::Chat, token, lease, cx, body).await
+/// A handler for each route that takes the token's slot: the route names
+/// the upstream path and the format; the pipeline is the same for all.
+macro_rules! slot_route {
+    ($(#[$doc:meta] $name:ident => $route:expr;)*) => {$(
+        #[$doc]
+        pub async fn $name(
+            token: AuthToken,
+            lease: SlotLease,
+            cx: Context,
+            body: Body,
+        ) -> Result<Response, ApiError> {
+            completion($route, token, lease, cx, body).await
+        }
+    )*};
 }
 
-/// `POST /beta/chat/completions` (chat prefix completion).
-pub async fn beta_chat(
-    token: AuthToken,
-    lease: SlotLease,
-    cx: Context,
-    body: Body,
-) -> Result<Response, ApiError> {
-    completion(Route::BetaChat, token, lease, cx, body).await
-}
-
-/// `POST /beta/completions` (FIM completion).
-pub async fn beta_completions(
-    token: AuthToken,
-    lease: SlotLease,
-    cx: Context,
-    body: Body,
-) -> Result<Response, ApiError> {
-    completion(Route::BetaCompletions, token, lease, cx, body).await
+slot_route! {
+    /// `POST /chat/completions` and `POST /v1/chat/completions`.
+    chat => Route::Chat;
+    /// `POST /beta/chat/completions` (chat prefix completion).
+    beta_chat => Route::BetaChat;
+    /// `POST /beta/completions` (FIM completion).
+    beta_completions => Route::BetaCompletions;
+    /// `POST /responses` and `POST /v1/responses`.
+    responses => Route::Responses;
+    /// `POST /anthropic/v1/messages`.
+    messages => Route::Messages;
+    /// `POST /v1/tools/search`.
+    tool_search => Route::ToolSearch;
+    /// `POST /v1/tools/fetch`.
+    tool_fetch => Route::ToolFetch;
 }
 
 /// `GET /models` and `GET /v1/models`: authenticated, but no slot taken.
+/// DeepSeek's list, plus the gateway's aliases.
 pub async fn models(token: AuthToken, cx: Context) -> Result<Response, ApiError> {
     cx.log
-        .set_request(Route::Models.name(), token.token_id, None, false);
-    forward(Route::Models, &cx, None, &mut Hold::default()).await
+        .set_request(&Requested::bare(Route::Models), token.token_id);
+    let response = forward(Route::Models, &cx, None, &mut Hold::default()).await?;
+    Ok(models::with_aliases(response, &cx.state.models).await)
 }
 
 /// `GET /user/balance` (admins): DeepSeek's account balance, passed through.
 pub async fn balance(admin: AdminToken, cx: Context) -> Result<Response, ApiError> {
     let token = admin.0;
     cx.log
-        .set_request(Route::Balance.name(), token.token_id, None, false);
+        .set_request(&Requested::bare(Route::Balance), token.token_id);
     forward(Route::Balance, &cx, None, &mut Hold::default()).await
+}
+
+/// `POST /anthropic/v1/messages/count_tokens`: no slot, no quota, no
+/// ledger row (DeepSeek does not bill it), but the same model policy.
+pub async fn count_tokens(token: AuthToken, cx: Context, body: Body) -> Result<Response, ApiError> {
+    let route = Route::CountTokens;
+    let state = &cx.state;
+    let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
+    let checked = route.format().check(&body)?;
+    let prepared = prepare(&state.models, route.format(), &checked, &body, None)?;
+    if !token.account.may_use(prepared.served.as_deref()) {
+        return Err(ApiError::ModelNotAllowed);
+    }
+    forward(route, &cx, Some(prepared.body), &mut Hold::default()).await
 }
 
 async fn completion(
@@ -126,13 +148,23 @@ async fn completion(
     };
     let result = async {
         let state = &cx.state;
+        let format = route.format();
         let reading = Instant::now();
         let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
         cx.log.set_body_wait(reading.elapsed());
         cx.log.set_bytes_in(body.len());
-        let checked = check_body(route, &body)?;
+        let checked = format.check(&body)?;
         let account = &token.account;
-        if !account.may_use(checked.model.as_deref()) {
+        let prepared = prepare(
+            &state.models,
+            format,
+            &checked,
+            &body,
+            account.upstream_user_id.as_deref(),
+        )?;
+        // Policy runs on the model DeepSeek will serve.
+        let served = prepared.served.as_deref();
+        if !account.may_use(served) {
             return Err(ApiError::ModelNotAllowed);
         }
         let limits = account.limits;
@@ -140,6 +172,7 @@ async fn completion(
             let max_tokens = checked.max_tokens.unwrap_or(state.default_max_tokens);
             let reserve = match limits.tokens_per_day {
                 0 => 0,
+                _ if format == Format::Tools => 0,
                 _ => (body.len() as u64).saturating_add(max_tokens),
             };
             let ask = Ask {
@@ -156,16 +189,23 @@ async fn completion(
             }
         }
         // From here the request goes upstream: it gets a ledger row.
-        let model = checked.model.as_deref();
-        cx.log
-            .set_request(route.name(), token.token_id, model, checked.stream);
+        cx.log.set_request(
+            &Requested {
+                route,
+                requested: prepared.requested.as_deref(),
+                served,
+                stream: checked.stream,
+            },
+            token.token_id,
+        );
         hold.active = Some(state.active.register(
             cx.request_id.0.to_str().unwrap_or("-").to_owned(),
             account.username.clone(),
             route.name(),
-            model.map(|m| m.chars().take(64).collect()),
+            served.map(|m| m.chars().take(64).collect()),
             checked.stream,
         ));
+        let body = prepared.body;
         forward(route, &cx, Some(body), &mut hold).await
     }
     .await;
@@ -223,6 +263,7 @@ async fn forward(
     let is_event_stream = headers::is_event_stream(response.headers());
     let out_headers = headers::to_client(response.headers(), is_event_stream);
     let body = RelayBody::new(
+        route.format(),
         response.into_body(),
         upstream.timeout,
         deadline,
@@ -234,179 +275,4 @@ async fn forward(
     *out.status_mut() = status;
     *out.headers_mut() = out_headers;
     Ok(out)
-}
-
-/// What the gateway reads from a request body: its model, whether it
-/// streams, and its `max_tokens` (for the token quota), nothing else.
-#[derive(Debug)]
-pub struct CheckedBody<'a> {
-    pub model: Option<Cow<'a, str>>,
-    pub stream: bool,
-    pub max_tokens: Option<u64>,
-}
-
-/// A number if the field is a non-negative integer; anything else is left
-/// for DeepSeek to judge (and the default reservation applies).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Lenient {
-    Count(u64),
-    Other(IgnoredAny),
-}
-
-impl Lenient {
-    fn count(field: Option<Lenient>) -> Option<u64> {
-        match field {
-            Some(Lenient::Count(n)) => Some(n),
-            _ => None,
-        }
-    }
-}
-
-/// The body of a chat route must be a JSON object with a `messages` array;
-/// a FIM body must be a JSON object with a `prompt`. The body is parsed once,
-/// here, and only the model is kept; everything else in it is the upstream's
-/// business and passes through unchanged.
-pub fn check_body(route: Route, body: &[u8]) -> Result<CheckedBody<'_>, ApiError> {
-    #[derive(Deserialize)]
-    struct Chat<'a> {
-        #[allow(dead_code)]
-        messages: Vec<IgnoredAny>,
-        #[serde(borrow, default)]
-        model: Option<Cow<'a, str>>,
-        #[serde(default)]
-        stream: Option<bool>,
-        #[serde(default)]
-        max_tokens: Option<Lenient>,
-        #[serde(default)]
-        max_completion_tokens: Option<Lenient>,
-    }
-    #[derive(Deserialize)]
-    struct Fim<'a> {
-        #[allow(dead_code)]
-        prompt: IgnoredAny,
-        #[serde(borrow, default)]
-        model: Option<Cow<'a, str>>,
-        #[serde(default)]
-        stream: Option<bool>,
-        #[serde(default)]
-        max_tokens: Option<Lenient>,
-    }
-    // serde's derived structs also accept a JSON array of the fields in
-    // order; a body must be an object, so say so before parsing.
-    let is_object = body.trim_ascii_start().first() == Some(&b'{');
-    let (parsed, expected) = match route {
-        Route::BetaCompletions => (
-            serde_json::from_slice::<Fim>(body).map(|b| CheckedBody {
-                model: b.model,
-                stream: b.stream.unwrap_or(false),
-                max_tokens: Lenient::count(b.max_tokens),
-            }),
-            "a JSON object with a \"prompt\"",
-        ),
-        _ => (
-            serde_json::from_slice::<Chat>(body).map(|b| CheckedBody {
-                model: b.model,
-                stream: b.stream.unwrap_or(false),
-                max_tokens: Lenient::count(b.max_tokens)
-                    .or(Lenient::count(b.max_completion_tokens)),
-            }),
-            "a JSON object with a \"messages\" array",
-        ),
-    };
-    if !is_object {
-        let code = if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
-            "invalid_body"
-        } else {
-            "invalid_json"
-        };
-        return Err(ApiError::bad_request(
-            code,
-            format!("the request body must be {expected}"),
-        ));
-    }
-    parsed.map_err(|e| {
-        let code = if e.is_data() {
-            "invalid_body"
-        } else {
-            "invalid_json"
-        };
-        ApiError::bad_request(
-            code,
-            format!(
-                "the request body must be {expected} (problem at line {} column {})",
-                e.line(),
-                e.column()
-            ),
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chat_bodies_need_an_object_with_a_messages_array() {
-        let ok = br#"{"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"x":1}"#;
-        assert!(check_body(Route::Chat, ok).is_ok());
-        for bad in [
-            &b"{}"[..],
-            b"[]",
-            b"null",
-            b"{\"messages\":\"hi\"}",
-            b"{\"messages\":[]",
-            b"{\"messages\":[]} trailing",
-            b"[[]]",
-            b"[[], \"deepseek-chat\"]",
-            b"",
-        ] {
-            let err = check_body(Route::Chat, bad).expect_err("must be refused");
-            assert_eq!(err.status(), 400);
-        }
-    }
-
-    #[test]
-    fn fim_bodies_need_a_prompt() {
-        assert!(check_body(
-            Route::BetaCompletions,
-            br#"{"prompt":"def f(","suffix":")"}"#
-        )
-        .is_ok());
-        assert!(check_body(Route::BetaCompletions, br#"{"messages":[]}"#).is_err());
-    }
-
-    #[test]
-    fn the_model_is_read_even_when_escaped() {
-        let body = br#"{"messages":[],"model":"deepseek-\u0063hat"}"#;
-        let checked = check_body(Route::Chat, body).expect("valid");
-        assert_eq!(checked.model.as_deref(), Some("deepseek-chat"));
-        let checked = check_body(Route::Chat, br#"{"messages":[]}"#).expect("valid");
-        assert_eq!(checked.model, None);
-    }
-
-    #[test]
-    fn max_tokens_is_read_when_it_is_a_count() {
-        let max = |body: &[u8]| check_body(Route::Chat, body).expect("valid").max_tokens;
-        assert_eq!(max(br#"{"messages":[],"max_tokens":100}"#), Some(100));
-        assert_eq!(
-            max(br#"{"messages":[],"max_completion_tokens":7}"#),
-            Some(7)
-        );
-        assert_eq!(max(br#"{"messages":[],"max_tokens":"lots"}"#), None);
-        assert_eq!(max(br#"{"messages":[],"max_tokens":-1}"#), None);
-        assert_eq!(max(br#"{"messages":[]}"#), None);
-    }
-
-    #[test]
-    fn syntax_errors_and_shape_errors_have_different_codes() {
-        assert_eq!(
-            check_body(Route::Chat, b"{not json").unwrap_err().code(),
-            "invalid_json"
-        );
-        assert_eq!(
-            check_body(Route::Chat, b"{}").unwrap_err().code(),
-            "invalid_body"
-        );
-    }
 }

@@ -8,8 +8,9 @@
 //! closes that connection, so DeepSeek stops generating tokens nobody reads.
 //!
 //! A failure after the first byte cannot change the status any more. For an
-//! event stream the relay appends a final `data: {"error": ...}` event (never
-//! a fake `[DONE]`) and ends; for other bodies it aborts the connection so
+//! event stream the relay appends the format's own error event (chat's
+//! `data: {"error": ...}`, Responses' `error` event, Anthropic's
+//! `event: error`; never a fabricated ending) and ends; for other bodies it aborts the connection so
 //! the client sees a truncated response rather than a complete-looking one.
 
 use std::future::Future;
@@ -25,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::hold::Hold;
 use crate::access_log::RequestLog;
-use crate::error::error_json;
+use crate::formats::Format;
 use crate::usage::Tap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,7 @@ pin_project! {
         #[pin]
         deadline: Sleep,
         idle_timeout: Duration,
+        format: Format,
         is_event_stream: bool,
         // The last two bytes sent, to close a cut-off event before ours.
         tail: [u8; 2],
@@ -91,6 +93,7 @@ pin_project! {
 
 impl<S> RelayBody<S> {
     pub fn new(
+        format: Format,
         upstream: S,
         idle_timeout: Duration,
         deadline: Instant,
@@ -103,13 +106,14 @@ impl<S> RelayBody<S> {
             idle: tokio::time::sleep(idle_timeout),
             deadline: tokio::time::sleep_until(deadline),
             idle_timeout,
+            format,
             is_event_stream,
             tail: *b"\n\n",
             phase: Phase::Streaming,
             hold,
             releasing: None,
             tapped: Vec::new(),
-            tap: Tap::new(is_event_stream),
+            tap: Tap::new(format, is_event_stream),
             log,
         }
     }
@@ -278,11 +282,15 @@ fn fail<S>(this: &mut Projection<'_, S>, failure: Failure) -> Option<Polled> {
         [_, b'\n'] => b"\n",
         _ => b"\n\n",
     };
-    let mut event = Vec::with_capacity(160);
-    event.extend_from_slice(close);
-    event.extend_from_slice(b"data: ");
-    event.extend_from_slice(&error_json(message, "api_error", code));
-    event.extend_from_slice(b"\n\n");
+    // The tap has seen everything relayed, so the Responses error event is
+    // numbered after the last event the client got.
+    feed_tapped(this);
+    let mut event = close.to_vec();
+    event.extend_from_slice(&this.format.stream_error_event(
+        code,
+        message,
+        this.tap.next_sequence(),
+    ));
     release_then(this, Some(Bytes::from(event)));
     None
 }

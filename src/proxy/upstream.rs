@@ -24,32 +24,87 @@ use super::headers;
 use super::pool::{Driven, Pool};
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
+use crate::formats::Format;
 
-/// The upstream endpoints the gateway exposes.
+/// The upstream endpoints the gateway exposes: each one's path under
+/// DeepSeek's root (`deepseek.base_url`) and its wire format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// `/chat/completions` under `base_url`.
     Chat,
-    /// `/beta/chat/completions` (chat prefix completion).
+    /// Chat prefix completion.
     BetaChat,
-    /// `/beta/completions` (FIM).
+    /// FIM completion.
     BetaCompletions,
-    /// `/models` under `base_url`.
+    /// The Responses API.
+    Responses,
+    /// Anthropic Messages.
+    Messages,
+    /// Anthropic's token counter: no slot, no ledger row.
+    CountTokens,
+    ToolSearch,
+    ToolFetch,
     Models,
-    /// `/user/balance` on the upstream origin (beside `/v1`).
     Balance,
 }
 
 impl Route {
-    /// The name recorded in the usage ledger.
+    pub const ALL: [Route; 10] = [
+        Route::Chat,
+        Route::BetaChat,
+        Route::BetaCompletions,
+        Route::Responses,
+        Route::Messages,
+        Route::CountTokens,
+        Route::ToolSearch,
+        Route::ToolFetch,
+        Route::Models,
+        Route::Balance,
+    ];
+
+    /// The name recorded in the usage ledger and the metrics.
     pub fn name(self) -> &'static str {
         match self {
             Route::Chat => "chat",
             Route::BetaChat => "beta_chat",
             Route::BetaCompletions => "beta_completions",
+            Route::Responses => "responses",
+            Route::Messages => "messages",
+            Route::CountTokens => "count_tokens",
+            Route::ToolSearch => "tool_search",
+            Route::ToolFetch => "tool_fetch",
             Route::Models => "models",
             Route::Balance => "balance",
         }
+    }
+
+    /// The path under DeepSeek's root.
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Chat => "/chat/completions",
+            Route::BetaChat => "/beta/chat/completions",
+            Route::BetaCompletions => "/beta/completions",
+            Route::Responses => "/responses",
+            Route::Messages => "/anthropic/v1/messages",
+            Route::CountTokens => "/anthropic/v1/messages/count_tokens",
+            Route::ToolSearch => "/v1/tools/search",
+            Route::ToolFetch => "/v1/tools/fetch",
+            Route::Models => "/models",
+            Route::Balance => "/user/balance",
+        }
+    }
+
+    pub fn format(self) -> Format {
+        match self {
+            Route::Chat | Route::BetaChat | Route::Models | Route::Balance => Format::Chat,
+            Route::BetaCompletions => Format::Fim,
+            Route::Responses => Format::Responses,
+            Route::Messages | Route::CountTokens => Format::Anthropic,
+            Route::ToolSearch | Route::ToolFetch => Format::Tools,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -91,14 +146,11 @@ pub struct Upstream {
     transport: Transport,
     /// `Bearer <key>`, marked sensitive so it never prints through Debug.
     authorization: HeaderValue,
-    chat: Url,
-    beta_chat: Url,
-    beta_completions: Url,
-    models: Url,
-    balance: Url,
+    /// Each route's URL, in [`Route::ALL`] order.
+    urls: Vec<Url>,
     /// The request targets (origin form: path and query) of the same URLs,
-    /// for the direct transport, in [`Route`] order.
-    targets: [Uri; 5],
+    /// for the direct transport.
+    targets: Vec<Uri>,
     /// The `Host` header for the direct transport.
     host: HeaderValue,
     /// Longest wait for the response head, and longest silence mid-body.
@@ -153,47 +205,32 @@ impl Upstream {
             HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose_secret()))
                 .map_err(|_| "deepseek.api_key is not a valid header value".to_owned())?;
         authorization.set_sensitive(true);
-        let join = |url: &Url, suffix: &str| {
-            let mut url = url.clone();
-            let path = format!("{}{suffix}", url.path().trim_end_matches('/'));
-            url.set_path(&path);
-            url
-        };
-        // The beta and balance endpoints live beside /v1:
-        // https://api.deepseek.com/beta, https://api.deepseek.com/user/balance.
-        let mut root = base.clone();
-        let root_path = base.path().strip_suffix("/v1").unwrap_or(base.path());
-        root.set_path(root_path.trim_end_matches('/'));
-        let beta = join(&root, "/beta");
-        let chat = join(base, "/chat/completions");
-        let beta_chat = join(&beta, "/chat/completions");
-        let beta_completions = join(&beta, "/completions");
-        let models = join(base, "/models");
-        let balance = join(&root, "/user/balance");
-        let target = |url: &Url| {
+        // `base_url` is DeepSeek's root (a trailing /v1 was dropped when
+        // the config was read): every route's path hangs off it.
+        let mut urls = Vec::with_capacity(Route::ALL.len());
+        let mut targets = Vec::with_capacity(Route::ALL.len());
+        for route in Route::ALL {
+            let mut url = base.clone();
+            url.set_path(&format!(
+                "{}{}",
+                base.path().trim_end_matches('/'),
+                route.path()
+            ));
             let target = match url.query() {
                 Some(query) => format!("{}?{query}", url.path()),
                 None => url.path().to_owned(),
             };
-            target
-                .parse::<Uri>()
-                .map_err(|e| format!("deepseek.base_url: {e}"))
-        };
-        let targets = [
-            target(&chat)?,
-            target(&beta_chat)?,
-            target(&beta_completions)?,
-            target(&models)?,
-            target(&balance)?,
-        ];
+            targets.push(
+                target
+                    .parse::<Uri>()
+                    .map_err(|e| format!("deepseek.base_url: {e}"))?,
+            );
+            urls.push(url);
+        }
         Ok(Self {
             transport,
             authorization,
-            chat,
-            beta_chat,
-            beta_completions,
-            models,
-            balance,
+            urls,
             targets,
             host,
             timeout: config.timeout,
@@ -202,24 +239,11 @@ impl Upstream {
     }
 
     pub fn url(&self, route: Route) -> &Url {
-        match route {
-            Route::Chat => &self.chat,
-            Route::BetaChat => &self.beta_chat,
-            Route::BetaCompletions => &self.beta_completions,
-            Route::Models => &self.models,
-            Route::Balance => &self.balance,
-        }
+        &self.urls[route.index()]
     }
 
     fn target(&self, route: Route) -> &Uri {
-        let index = match route {
-            Route::Chat => 0,
-            Route::BetaChat => 1,
-            Route::BetaCompletions => 2,
-            Route::Models => 3,
-            Route::Balance => 4,
-        };
-        &self.targets[index]
+        &self.targets[route.index()]
     }
 
     /// Sends the request and waits for the response head, until the head

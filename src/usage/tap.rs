@@ -10,7 +10,7 @@
 //! client aborts. For a JSON answer it keeps the body (up to a cap) and reads
 //! `usage` at the end, after DeepSeek's leading keep-alive blank lines.
 
-use serde::Deserialize;
+use crate::formats::{responses, Format};
 
 /// The most a non-stream body is kept for its `usage` (larger ones are not
 /// parsed: their usage is then unknown, never guessed as zero).
@@ -18,73 +18,48 @@ const MAX_JSON_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Longest SSE line kept while waiting for its end.
 const MAX_LINE_BYTES: usize = 1024 * 1024;
 
-/// Token counts as DeepSeek reports them.
+/// Token counts as DeepSeek reports them, in any format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// All input tokens, cache hits included.
     pub prompt_tokens: u64,
+    /// All output tokens, reasoning included.
     pub completion_tokens: u64,
-    /// `prompt_cache_hit_tokens`.
+    /// Input tokens served from DeepSeek's cache (about 1/50 of the price).
     pub cached_tokens: u64,
-    /// `completion_tokens_details.reasoning_tokens`.
+    /// Input tokens that missed the cache.
+    pub cache_miss_tokens: u64,
     pub reasoning_tokens: u64,
-}
-
-#[derive(Deserialize)]
-struct WithUsage {
-    usage: Option<RawUsage>,
-}
-
-#[derive(Deserialize)]
-struct RawUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    prompt_cache_hit_tokens: u64,
-    #[serde(default)]
-    completion_tokens_details: Option<Details>,
-}
-
-#[derive(Deserialize)]
-struct Details {
-    #[serde(default)]
-    reasoning_tokens: u64,
-}
-
-impl From<RawUsage> for Usage {
-    fn from(u: RawUsage) -> Self {
-        Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            cached_tokens: u.prompt_cache_hit_tokens,
-            reasoning_tokens: u
-                .completion_tokens_details
-                .map_or(0, |d| d.reasoning_tokens),
-        }
-    }
 }
 
 #[derive(Debug)]
 pub struct Tap {
+    format: Format,
     event_stream: bool,
     /// The current, unfinished line (event streams), or the body (JSON).
     pending: Vec<u8>,
     overflowed: bool,
     done: bool,
     usage: Option<Usage>,
+    /// Counts seen so far in a format that reports them in parts.
+    partial: Usage,
+    /// The last Responses `sequence_number` relayed.
+    sequence: Option<u64>,
     /// Characters streamed in `content`/`reasoning_content`: (ASCII, other).
     streamed: (u64, u64),
 }
 
 impl Tap {
-    pub fn new(event_stream: bool) -> Self {
+    pub fn new(format: Format, event_stream: bool) -> Self {
         Self {
+            format,
             event_stream,
             pending: Vec::new(),
             overflowed: false,
             done: false,
             usage: None,
+            partial: Usage::default(),
+            sequence: None,
             streamed: (0, 0),
         }
     }
@@ -132,9 +107,7 @@ impl Tap {
             }
         } else if !self.overflowed {
             let body = std::mem::take(&mut self.pending);
-            if let Ok(parsed) = serde_json::from_slice::<WithUsage>(body.trim_ascii()) {
-                self.usage = parsed.usage.map(Usage::from);
-            }
+            self.usage = self.format.read_json(&body);
         }
     }
 
@@ -144,19 +117,20 @@ impl Tap {
             return; // comments, blank lines, other fields
         };
         let data = data.strip_prefix(b" ").unwrap_or(data);
-        if data == b"[DONE]" {
+        if data == b"[DONE]" && self.format.ends_with_done() {
             self.done = true;
             return;
         }
-        let (ascii, other) = content_chars(data);
-        self.streamed.0 += ascii;
-        self.streamed.1 += other;
-        if contains(data, b"\"usage\"") {
-            if let Ok(parsed) = serde_json::from_slice::<WithUsage>(data) {
-                if let Some(usage) = parsed.usage {
-                    self.usage = Some(usage.into());
-                }
-            }
+        for key in self.format.text_keys() {
+            let (ascii, other) = text_chars(data, key);
+            self.streamed.0 += ascii;
+            self.streamed.1 += other;
+        }
+        if self.format == Format::Responses {
+            self.sequence = responses::sequence_number(data).or(self.sequence);
+        }
+        if let Some(usage) = self.format.read_event(data, &mut self.partial) {
+            self.usage = Some(usage);
         }
     }
 
@@ -165,7 +139,12 @@ impl Tap {
         self.usage
     }
 
-    /// Characters of `content` and `reasoning_content` streamed so far.
+    /// The sequence number for an event after the last one relayed.
+    pub fn next_sequence(&self) -> u64 {
+        self.sequence.map_or(0, |n| n.saturating_add(1))
+    }
+
+    /// Characters of generated text streamed so far.
     pub fn streamed_chars(&self) -> u64 {
         self.streamed.0 + self.streamed.1
     }
@@ -194,18 +173,14 @@ pub fn estimate_tokens(text: &[u8]) -> u64 {
     estimate(ascii, other)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Characters in the `"content":"..."` and `"reasoning_content":"..."`
-/// strings of one event, counted without a full parse (an escape counts as
-/// one character). Used only for estimates.
-fn content_chars(data: &[u8]) -> (u64, u64) {
+/// Characters in the string values of `key` (`"content":"` and the like)
+/// in one event, counted without a full parse (an escape counts as one
+/// character). Used only for estimates.
+fn text_chars(data: &[u8], key: &[u8]) -> (u64, u64) {
     let (mut ascii, mut other) = (0, 0);
     let mut rest = data;
-    while let Some(i) = find(rest, b"content\":\"") {
-        rest = &rest[i + 10..];
+    while let Some(i) = find(rest, key) {
+        rest = &rest[i + key.len()..];
         let mut escaped = false;
         let mut end = rest.len();
         for (j, &b) in rest.iter().enumerate() {
@@ -255,13 +230,14 @@ mod tests {
             prompt_tokens: 11,
             completion_tokens: 7,
             cached_tokens: 3,
+            cache_miss_tokens: 8,
             reasoning_tokens: 2,
         }
     }
 
     #[test]
     fn usage_is_read_from_the_final_chunk() {
-        let mut tap = Tap::new(true);
+        let mut tap = Tap::new(Format::Chat, true);
         tap.feed(STREAM.as_bytes());
         tap.finish();
         assert_eq!(tap.usage(), Some(expected()));
@@ -275,7 +251,7 @@ mod tests {
     #[test]
     fn crlf_lines_and_byte_by_byte_chunks_work() {
         let crlf = STREAM.replace('\n', "\r\n");
-        let mut tap = Tap::new(true);
+        let mut tap = Tap::new(Format::Chat, true);
         for b in crlf.as_bytes() {
             tap.feed(std::slice::from_ref(b));
         }
@@ -285,7 +261,7 @@ mod tests {
 
     #[test]
     fn nothing_after_done_is_read() {
-        let mut tap = Tap::new(true);
+        let mut tap = Tap::new(Format::Chat, true);
         tap.feed(b"data: [DONE]\n\ndata: {\"usage\":{\"prompt_tokens\":99}}\n\n");
         tap.finish();
         assert_eq!(tap.usage(), None);
@@ -294,7 +270,7 @@ mod tests {
     #[test]
     fn a_json_answer_after_keep_alive_blank_lines_is_read() {
         let body = "\n\n\n{\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}";
-        let mut tap = Tap::new(false);
+        let mut tap = Tap::new(Format::Chat, false);
         let (a, b) = body.split_at(9);
         tap.feed(a.as_bytes());
         tap.feed(b.as_bytes());
@@ -305,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_cut_off_json_answer_has_no_usage_rather_than_zero() {
-        let mut tap = Tap::new(false);
+        let mut tap = Tap::new(Format::Chat, false);
         tap.feed(b"{\"usage\":{\"prompt_tokens\":5,");
         tap.finish();
         assert_eq!(tap.usage(), None);

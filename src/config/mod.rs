@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use reqwest::Url;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -21,13 +19,20 @@ use crate::client_ip::IpNet;
 use crate::limits::quota::Limits;
 use crate::telemetry::LogFormat;
 
+mod models;
+mod upstream;
+
+pub use models::{Alias, Models, Thinking};
+use upstream::RawDeepSeek;
+pub use upstream::{UpstreamConfig, UserIdMode};
+
 /// The sample secret from the seed README: never accepted as a real secret.
 pub const SAMPLE_JWT_SECRET: &str = "your-secret-key-change-in-production";
 const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// A config problem, worded for the person who has to fix it.
 #[derive(Debug)]
-pub struct ConfigError(String);
+pub struct ConfigError(pub(crate) String);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,6 +60,8 @@ pub struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     quotas: RawQuotas,
+    #[serde(default)]
+    models: models::RawModels,
 }
 
 /// `[quotas]`: every user's limits unless their `[[auth.users]]` entry
@@ -250,28 +257,6 @@ struct RawUser {
     max_concurrent: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawDeepSeek {
-    api_key: String,
-    base_url: String,
-    timeout_seconds: u64,
-    max_request_seconds: u64,
-    ca_file: String,
-}
-
-impl Default for RawDeepSeek {
-    fn default() -> Self {
-        Self {
-            api_key: String::new(),
-            base_url: "https://api.deepseek.com/v1".into(),
-            timeout_seconds: 60,
-            max_request_seconds: 1800,
-            ca_file: String::new(),
-        }
-    }
-}
-
 /// The validated, frozen configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -280,6 +265,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub state: StateConfig,
     pub storage: StorageConfig,
+    /// Model aliases.
+    pub models: Models,
     /// Reserved against `tokens_per_day` for a request without `max_tokens`.
     pub default_max_tokens: u64,
     /// Things that work but should be fixed; logged once at start.
@@ -334,18 +321,6 @@ pub enum Credential {
     Plain(SecretString),
     /// An Argon2id PHC string, as `deepseek_proxy hash-password` prints.
     Argon2(String),
-}
-
-#[derive(Debug)]
-pub struct UpstreamConfig {
-    pub api_key: SecretString,
-    /// Validated: http(s), a host, no credentials, no query; no trailing `/`.
-    pub base_url: Url,
-    pub timeout: Duration,
-    pub max_request: Duration,
-    /// Root certificates trusted for DeepSeek's TLS besides the built-in
-    /// (Mozilla) roots, from `deepseek.ca_file`; usually none.
-    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 /// Where the usage ledger lives.
@@ -571,6 +546,7 @@ impl RawConfig {
             upstream: self.deepseek.validate(env)?,
             state,
             storage: self.storage.validate(env)?,
+            models: self.models.validate()?,
             default_max_tokens: q.default_max_tokens,
             warnings,
         })
@@ -830,95 +806,6 @@ fn random_secret() -> String {
     format!("{}{}", a.simple(), b.simple())
 }
 
-impl RawDeepSeek {
-    fn validate(self, env: Env<'_>) -> Result<UpstreamConfig, ConfigError> {
-        let api_key = Some(self.api_key)
-            .filter(|k| !k.trim().is_empty())
-            .or_else(|| env("OPENAI_API_KEY"))
-            .or_else(|| env("DEEPSEEK_API_KEY"))
-            .ok_or_else(|| {
-                invalid(
-                    "deepseek.api_key",
-                    "is empty and neither OPENAI_API_KEY nor DEEPSEEK_API_KEY is set: \
-                     set one of them to your DeepSeek key, or run with --demo",
-                )
-            })?;
-        let api_key = api_key.trim().to_owned();
-        if api_key.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(invalid(
-                "deepseek.api_key",
-                "contains spaces or control characters",
-            ));
-        }
-        let base_url = parse_base_url(&self.base_url)?;
-        if self.timeout_seconds == 0 {
-            return Err(invalid(
-                "deepseek.timeout_seconds",
-                "must be at least 1 (e.g. 60)",
-            ));
-        }
-        if self.max_request_seconds < self.timeout_seconds {
-            return Err(invalid(
-                "deepseek.max_request_seconds",
-                "must be at least deepseek.timeout_seconds (e.g. 1800)",
-            ));
-        }
-        Ok(UpstreamConfig {
-            api_key: SecretString::from(api_key),
-            base_url,
-            timeout: Duration::from_secs(self.timeout_seconds),
-            max_request: Duration::from_secs(self.max_request_seconds),
-            extra_roots: read_roots(self.ca_file.trim())?,
-        })
-    }
-}
-
-/// The certificates in a PEM file; none for an empty path.
-fn read_roots(path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let key = "deepseek.ca_file";
-    if path.is_empty() {
-        return Ok(Vec::new());
-    }
-    let roots = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| invalid(key, format!("cannot read certificates from {path:?}: {e}")))?;
-    if roots.is_empty() {
-        return Err(invalid(
-            key,
-            format!("{path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
-        ));
-    }
-    Ok(roots)
-}
-
-fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
-    let key = "deepseek.base_url";
-    let mut url = Url::parse(text.trim()).map_err(|e| {
-        invalid(
-            key,
-            format!("\"{text}\" is not a URL ({e}); e.g. https://api.deepseek.com/v1"),
-        )
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(invalid(
-            key,
-            "must be an http:// or https:// URL with a host",
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
-            key,
-            "must not carry credentials; put the key in deepseek.api_key",
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid(key, "must not have a query or fragment"));
-    }
-    let trimmed = url.path().trim_end_matches('/').to_owned();
-    url.set_path(&trimmed);
-    Ok(url)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -948,7 +835,12 @@ mod tests {
         assert!(config.auth.jwt_secret_generated);
         assert_eq!(
             config.upstream.base_url.as_str(),
-            "https://api.deepseek.com/v1"
+            "https://api.deepseek.com/"
+        );
+        assert_eq!(config.upstream.user_id, UserIdMode::Pseudonym);
+        assert_eq!(
+            config.models.aliases["deepseek-chat"].model,
+            "deepseek-flash"
         );
         assert_eq!(config.upstream.api_key.expose_secret(), "sk-test");
     }
@@ -1074,7 +966,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_toml_is_valid_and_warns_about_plaintext_passwords() {
-        let text = include_str!("../config.toml");
+        let text = include_str!("../../config.toml");
         let config = Config::from_toml(text, &env_with_key).expect("shipped config is valid");
         assert_eq!(config.auth.users.len(), 2);
         assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
@@ -1186,9 +1078,42 @@ mod tests {
     }
 
     #[test]
-    fn a_trailing_slash_on_base_url_is_trimmed() {
-        let text = format!("[deepseek]\nbase_url = \"http://127.0.0.1:9/v1/\"\n{MINIMAL}");
-        let config = Config::from_toml(&text, &env_with_key).expect("valid");
-        assert_eq!(config.upstream.base_url.as_str(), "http://127.0.0.1:9/v1");
+    fn a_trailing_v1_on_base_url_is_ignored_and_other_prefixes_are_kept() {
+        let base = |url: &str| {
+            let text = format!("[deepseek]\nbase_url = \"{url}\"\n{MINIMAL}");
+            let config = Config::from_toml(&text, &env_with_key).expect("valid");
+            config.upstream.base_url.as_str().to_owned()
+        };
+        assert_eq!(base("http://127.0.0.1:9/v1/"), "http://127.0.0.1:9/");
+        assert_eq!(
+            base("https://api.deepseek.com/v1"),
+            "https://api.deepseek.com/"
+        );
+        assert_eq!(
+            base("http://gw.example/deepseek/"),
+            "http://gw.example/deepseek"
+        );
+        assert_eq!(
+            base("http://gw.example/deepseek/v1"),
+            "http://gw.example/deepseek"
+        );
+    }
+
+    #[test]
+    fn user_id_modes_are_checked() {
+        for (mode, expected) in [
+            ("pseudonym", UserIdMode::Pseudonym),
+            ("username", UserIdMode::Username),
+            ("off", UserIdMode::Off),
+        ] {
+            let text = format!("[deepseek]\nuser_id = \"{mode}\"\n{MINIMAL}");
+            let config = Config::from_toml(&text, &env_with_key).expect("valid");
+            assert_eq!(config.upstream.user_id, expected);
+        }
+        let text = format!("[deepseek]\nuser_id = \"email\"\n{MINIMAL}");
+        let err = Config::from_toml(&text, &env_with_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("deepseek.user_id"), "{err}");
     }
 }
