@@ -1,9 +1,22 @@
-//! A faithful fake of DeepSeek's OpenAI-compatible API.
+//! A faithful fake of DeepSeek's API.
 //!
-//! It speaks DeepSeek's wire format (chunk shapes, `usage` on the final chunk,
-//! `data: [DONE]`, `: keep-alive` comments, blank lines before a queued
-//! non-stream answer, `reasoning_content`, DeepSeek's error bodies) and lets a
-//! caller script its behaviour:
+//! It speaks DeepSeek's wire formats and lets a caller script its behaviour:
+//!
+//! * chat completions and FIM (`/chat/completions`, `/beta/completions`):
+//!   chunk shapes, `usage` on the final chunk, `data: [DONE]`, `: keep-alive`
+//!   comments, blank lines before a queued non-stream answer,
+//!   `reasoning_content` when thinking is on (the default), DeepSeek's error
+//!   bodies (`src/wire.rs`);
+//! * the Responses API (`/responses`, `src/responses.rs`);
+//! * Anthropic Messages (`/anthropic/v1/messages`, `src/anthropic.rs`);
+//! * the web tools (`/v1/tools/search`, `/v1/tools/fetch`, `src/tools.rs`).
+//!
+//! Models: `deepseek-flash`, `deepseek-v4-pro` and the legacy
+//! `deepseek-v4-flash` (served by flash). `deepseek-chat` and
+//! `deepseek-reasoner` are retired: naming them is a 400. A body without a
+//! `model` is served by flash.
+//!
+//! The behaviour is scripted:
 //!
 //! * programmatically, with [`FakeDeepSeek::set_default`], or
 //! * per request, with a `"_fake": {...}` object in the request body (see
@@ -15,6 +28,9 @@
 //! ([`FakeDeepSeek::cancelled`]): that is how tests prove that the gateway
 //! closes the upstream connection when its own client goes away.
 
+mod anthropic;
+mod responses;
+mod tools;
 mod wire;
 
 use std::net::SocketAddr;
@@ -26,9 +42,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 pub use wire::{Flavor, ReplyPlan};
@@ -57,6 +74,11 @@ pub struct Behavior {
     /// chunk is sent, `t=<Unix time in µs, 16 digits> `, so a client can
     /// measure one-way latency per chunk (the benchmark does).
     pub stamp: bool,
+    /// Prompt tokens served from the cache, reported in `usage` (capped at
+    /// the prompt size).
+    pub cache_hit_tokens: u64,
+    /// Prompt tokens reported in `usage`; 11 when unset.
+    pub prompt_tokens: Option<u64>,
 }
 
 impl Default for Behavior {
@@ -70,6 +92,8 @@ impl Default for Behavior {
             fail: None,
             reply: None,
             stamp: false,
+            cache_hit_tokens: 0,
+            prompt_tokens: None,
         }
     }
 }
@@ -84,9 +108,13 @@ pub enum Failure {
     Hang,
     /// Send the head (200), then never send a body byte.
     HangBody,
-    /// Send this many content chunks, then reset the connection.
+    /// Send this many content chunks, then reset the connection. Chat and
+    /// non-stream answers count every frame (a non-stream body is two
+    /// frames); Responses and Anthropic streams count only the delta events
+    /// (reasoning and text), after the events that open the answer.
     ResetAfter(usize),
-    /// Send this many content chunks, then go silent forever.
+    /// Send this many content chunks (counted as for `ResetAfter`), then go
+    /// silent forever.
     StallAfter(usize),
     /// Answer 307 to another location.
     Redirect,
@@ -99,6 +127,13 @@ pub struct Recorded {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl Recorded {
+    /// The body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
 }
 
 #[derive(Default)]
@@ -152,7 +187,8 @@ impl FakeDeepSeek {
         format!("http://{}/v1", self.addr)
     }
 
-    /// Requires `Authorization: Bearer <key>`; anything else gets DeepSeek's 401.
+    /// Requires `Authorization: Bearer <key>` (or, on the Anthropic route,
+    /// `x-api-key: <key>`); anything else gets DeepSeek's 401.
     pub fn require_key(&self, key: &str) {
         *lock(&self.shared.api_key) = Some(key.to_owned());
     }
@@ -165,6 +201,31 @@ impl FakeDeepSeek {
     /// Everything received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// The body of the newest POST, parsed as JSON (`None` if there was no
+    /// POST yet or its body is not JSON).
+    pub fn last_body(&self) -> Option<Value> {
+        lock(&self.shared.requests)
+            .iter()
+            .rev()
+            .find(|r| r.method == Method::POST)
+            .and_then(Recorded::json)
+    }
+
+    /// The end-user id the newest POST carried: top-level `user_id` (chat,
+    /// Responses) or `metadata.user_id` (Anthropic).
+    pub fn last_user_id(&self) -> Option<String> {
+        let body = self.last_body()?;
+        let id = body
+            .get("user_id")
+            .or_else(|| body.get("metadata").and_then(|m| m.get("user_id")))?;
+        id.as_str().map(str::to_owned)
+    }
+
+    /// The `thinking` object the newest POST carried, as sent.
+    pub fn last_thinking(&self) -> Option<Value> {
+        self.last_body()?.get("thinking").cloned()
     }
 
     /// The full bodies of the responses sent to the end, in completion order:
@@ -221,6 +282,15 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/beta/chat/completions", any(completion))
         .route("/beta/completions", any(completion))
         .route("/v1/completions", any(completion))
+        .route("/responses", any(responses::handle))
+        .route("/v1/responses", any(responses::handle))
+        .route("/anthropic/v1/messages", any(anthropic::messages))
+        .route(
+            "/anthropic/v1/messages/count_tokens",
+            post(anthropic::count_tokens),
+        )
+        .route("/v1/tools/search", any(tools::search))
+        .route("/v1/tools/fetch", any(tools::fetch))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -286,20 +356,218 @@ fn record(shared: &Shared, method: Method, path: String, headers: HeaderMap, bod
     });
 }
 
-fn check_key(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+fn check_key(shared: &Shared, headers: &HeaderMap, dialect: Dialect) -> Option<Response> {
     let expected = lock(&shared.api_key).clone()?;
-    let got = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if got == expected {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+    let x_api_key = header("x-api-key").filter(|_| dialect == Dialect::Anthropic);
+    if bearer == Some(expected.as_str()) || x_api_key == Some(expected.as_str()) {
         return None;
     }
+    let got = x_api_key.or(bearer).unwrap_or("");
     // DeepSeek echoes (part of) the presented key in its 401 text. The fake
     // echoes all of it, so a gateway that forwards this body is caught.
     let message = format!("Authentication Fails, Your api key: {got} is invalid");
-    Some(wire::error_response(401, &message, "authentication_error"))
+    Some(dialect.error(401, &message))
+}
+
+/// The error-body shape of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// DeepSeek's own: `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
+}
+
+impl Dialect {
+    /// An error answer with `message`, its type chosen from the status.
+    pub(crate) fn error(self, status: u16, message: &str) -> Response {
+        match self {
+            Dialect::OpenAi => {
+                let kind = match status {
+                    401 => "authentication_error",
+                    429 => "rate_limit_error",
+                    500.. => "server_error",
+                    _ => "invalid_request_error",
+                };
+                wire::error_response(status, message, kind)
+            }
+            Dialect::Anthropic => anthropic::error_response(status, message),
+        }
+    }
+
+    /// The answer for [`Failure::Status`].
+    fn failure(self, status: u16) -> Response {
+        match self {
+            Dialect::OpenAi => wire::status_failure(status),
+            Dialect::Anthropic => anthropic::status_failure(status),
+        }
+    }
+}
+
+/// One POST as received: recorded, its key checked, its probe running.
+pub(crate) struct Call {
+    pub(crate) probe: Probe,
+    pub(crate) path: String,
+    pub(crate) body: Bytes,
+    pub(crate) dialect: Dialect,
+}
+
+impl Call {
+    /// Ends the call with an immediate answer.
+    pub(crate) fn answer(self, response: Response) -> Response {
+        self.probe.finish();
+        response
+    }
+
+    /// Ends the call with a 400 in the route's shape.
+    pub(crate) fn reject(self, message: &str) -> Response {
+        let response = self.dialect.error(400, message);
+        self.answer(response)
+    }
+
+    /// The body as a JSON object, or why not.
+    pub(crate) fn json_object(&self) -> Result<serde_json::Map<String, Value>, String> {
+        match serde_json::from_slice::<Value>(&self.body) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err("Invalid Format: the body must be a JSON object".to_owned()),
+            Err(e) => Err(format!("Invalid Format: {e}")),
+        }
+    }
+
+    /// The behaviour for this call: the body's `_fake`, else the default.
+    pub(crate) fn behavior(
+        &self,
+        shared: &Shared,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<Behavior, String> {
+        match body.get("_fake") {
+            None => Ok(lock(&shared.default).clone()),
+            Some(fake) => Behavior::deserialize(fake).map_err(|e| format!("Invalid _fake: {e}")),
+        }
+    }
+
+    /// Acts out the failures that come before a response head (pause,
+    /// hang, status, redirect). `Ok` means: go on and answer.
+    pub(crate) async fn before_head(self, behavior: &Behavior) -> Result<Self, Response> {
+        if behavior.head_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(behavior.head_delay_ms)).await;
+        }
+        match behavior.fail {
+            Some(Failure::Hang) => std::future::pending().await,
+            Some(Failure::Status(code)) => {
+                let response = self.dialect.failure(code);
+                Err(self.answer(response))
+            }
+            Some(Failure::Redirect) => Err(self.answer(
+                Response::builder()
+                    .status(StatusCode::TEMPORARY_REDIRECT)
+                    .header("location", "http://127.0.0.1:9/elsewhere")
+                    .body(Body::empty())
+                    .unwrap_or_default(),
+            )),
+            _ => Ok(self),
+        }
+    }
+}
+
+/// Reads, records and authenticates a request; only POST goes on.
+pub(crate) async fn receive(
+    shared: &Arc<Shared>,
+    req: Request,
+    dialect: Dialect,
+) -> Result<Call, Response> {
+    let probe = Probe::new(shared.clone());
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, 64 << 20).await {
+        Ok(b) => b,
+        Err(_) => return Err(dialect.error(400, "unreadable body")),
+    };
+    let path = parts.uri.path().to_owned();
+    record(
+        shared,
+        parts.method.clone(),
+        path.clone(),
+        parts.headers.clone(),
+        body.clone(),
+    );
+    if parts.method != Method::POST {
+        probe.finish();
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response());
+    }
+    if let Some(denied) = check_key(shared, &parts.headers, dialect) {
+        probe.finish();
+        return Err(denied);
+    }
+    Ok(Call {
+        probe,
+        path,
+        body,
+        dialect,
+    })
+}
+
+/// The model that serves `requested` on DeepSeek's own routes; a missing
+/// name is served by flash.
+pub(crate) fn served_model(requested: Option<&str>) -> Result<&'static str, String> {
+    match requested {
+        None | Some("deepseek-flash" | "deepseek-v4-flash") => Ok("deepseek-flash"),
+        Some("deepseek-v4-pro") => Ok("deepseek-v4-pro"),
+        Some(_) => Err("Model Not Exist".to_owned()),
+    }
+}
+
+/// A body's `model`, which must be a string when present.
+pub(crate) fn model_field(body: &serde_json::Map<String, Value>) -> Result<Option<&str>, String> {
+    match body.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(m)) => Ok(Some(m)),
+        Some(_) => Err("Invalid Format: model must be a string".to_owned()),
+    }
+}
+
+/// Whether thinking is on: `"thinking": {"type": "enabled" | "disabled"}`,
+/// on when absent.
+pub(crate) fn thinking_on(thinking: Option<&Value>) -> Result<bool, String> {
+    let Some(thinking) = thinking.filter(|t| !t.is_null()) else {
+        return Ok(true);
+    };
+    match thinking.get("type").and_then(Value::as_str) {
+        Some("enabled") => Ok(true),
+        Some("disabled") => Ok(false),
+        _ => Err(r#"Invalid thinking: expected {"type": "enabled" | "disabled"}"#.to_owned()),
+    }
+}
+
+/// Checks an end-user id: at most 512 bytes of `[A-Za-z0-9_-]`.
+pub(crate) fn check_user_id(user_id: Option<&Value>) -> Result<(), String> {
+    let Some(user_id) = user_id.filter(|u| !u.is_null()) else {
+        return Ok(());
+    };
+    let ok = user_id.as_str().is_some_and(|u| {
+        u.len() <= 512
+            && u.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("Invalid user_id: at most 512 characters of [A-Za-z0-9_-]".to_owned())
+    }
+}
+
+/// The text of a message `content`: a string, or the `text` of its parts.
+pub(crate) fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
 }
 
 async fn models(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -311,14 +579,14 @@ async fn models(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         parts.headers.clone(),
         Bytes::new(),
     );
-    if let Some(denied) = check_key(&shared, &parts.headers) {
+    if let Some(denied) = check_key(&shared, &parts.headers, Dialect::OpenAi) {
         return denied;
     }
     let body = serde_json::json!({
         "object": "list",
         "data": [
-            {"id": "deepseek-chat", "object": "model", "owned_by": "deepseek"},
-            {"id": "deepseek-reasoner", "object": "model", "owned_by": "deepseek"}
+            {"id": "deepseek-flash", "object": "model", "owned_by": "deepseek"},
+            {"id": "deepseek-v4-pro", "object": "model", "owned_by": "deepseek"}
         ]
     });
     axum::Json(body).into_response()
@@ -333,7 +601,7 @@ async fn balance(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         parts.headers.clone(),
         Bytes::new(),
     );
-    if let Some(denied) = check_key(&shared, &parts.headers) {
+    if let Some(denied) = check_key(&shared, &parts.headers, Dialect::OpenAi) {
         return denied;
     }
     axum::Json(serde_json::json!({
@@ -355,72 +623,53 @@ struct Incoming {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
-    messages: Vec<serde_json::Value>,
+    messages: Vec<Value>,
     #[serde(default)]
     prompt: Option<String>,
+    #[serde(default)]
+    thinking: Option<Value>,
+    #[serde(default)]
+    user_id: Option<Value>,
     #[serde(default, rename = "_fake")]
     fake: Option<Behavior>,
 }
 
 async fn completion(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let probe = Probe::new(shared.clone());
-    let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, 64 << 20).await {
-        Ok(b) => b,
-        Err(_) => return wire::error_response(400, "unreadable body", "invalid_request_error"),
+    let call = match receive(&shared, req, Dialect::OpenAi).await {
+        Ok(call) => call,
+        Err(response) => return response,
     };
-    let path = parts.uri.path().to_owned();
-    record(
-        &shared,
-        parts.method.clone(),
-        path.clone(),
-        parts.headers.clone(),
-        body.clone(),
-    );
-    if parts.method != Method::POST {
-        probe.finish();
-        return (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response();
-    }
-    if let Some(denied) = check_key(&shared, &parts.headers) {
-        probe.finish();
-        return denied;
-    }
-    let incoming: Incoming = match serde_json::from_slice(&body) {
+    let incoming: Incoming = match serde_json::from_slice(&call.body) {
         Ok(i) => i,
         Err(e) => {
-            probe.finish();
             let msg = format!("Failed to deserialize the JSON body into the target type: {e}");
-            return wire::error_response(422, &msg, "invalid_request_error");
+            let response = wire::error_response(422, &msg, "invalid_request_error");
+            return call.answer(response);
         }
+    };
+    let fim = call.path.ends_with("/completions") && !call.path.ends_with("chat/completions");
+    let checked = served_model(incoming.model.as_deref()).and_then(|model| {
+        check_user_id(incoming.user_id.as_ref())?;
+        // FIM has no thinking.
+        let thinking = !fim && thinking_on(incoming.thinking.as_ref())?;
+        Ok((model, thinking))
+    });
+    let (model, thinking) = match checked {
+        Ok(c) => c,
+        Err(message) => return call.reject(&message),
     };
     let behavior = incoming
         .fake
         .clone()
         .unwrap_or_else(|| lock(&shared.default).clone());
+    let call = match call.before_head(&behavior).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
 
-    if behavior.head_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(behavior.head_delay_ms)).await;
-    }
-    match behavior.fail {
-        Some(Failure::Hang) => std::future::pending::<()>().await,
-        Some(Failure::Status(code)) => {
-            probe.finish();
-            return wire::status_failure(code);
-        }
-        Some(Failure::Redirect) => {
-            probe.finish();
-            return Response::builder()
-                .status(StatusCode::TEMPORARY_REDIRECT)
-                .header("location", "http://127.0.0.1:9/elsewhere")
-                .body(Body::empty())
-                .unwrap_or_default();
-        }
-        _ => {}
-    }
-
-    let flavor = if path.ends_with("/completions") && !path.ends_with("chat/completions") {
+    let flavor = if fim {
         Flavor::Fim
-    } else if incoming.model.as_deref() == Some("deepseek-reasoner") {
+    } else if thinking {
         Flavor::Reasoner
     } else {
         Flavor::Chat
@@ -437,13 +686,13 @@ async fn completion(State(shared): State<Arc<Shared>>, req: Request) -> Response
     });
     let plan = ReplyPlan {
         flavor,
-        model: incoming.model.unwrap_or_else(|| "deepseek-chat".into()),
+        model: model.to_owned(),
         reply,
         behavior,
     };
     if incoming.stream {
-        wire::stream_response(plan, probe)
+        wire::stream_response(plan, call.probe)
     } else {
-        wire::json_response(plan, probe)
+        wire::json_response(plan, call.probe)
     }
 }
