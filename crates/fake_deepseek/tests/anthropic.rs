@@ -302,3 +302,31 @@ async fn count_tokens_reports_the_prompt() {
     let answer = post(&url, &[], &json!({"model": "claude-sonnet-4-5"})).await;
     assert_error(&answer, 400, "invalid_request_error");
 }
+
+#[tokio::test]
+async fn keep_alives_and_stamps_apply_to_the_stream() {
+    let (fake, root) = fake().await;
+    let extra = json!({"stream": true, "thinking": {"type": "disabled"},
+                       "_fake": {"keepalives": 1, "stamp": true, "reply": "a b", "chunks": 2}});
+    let answer = post(&messages_url(&root), &[], &body("claude-sonnet-4-5", extra)).await;
+    assert!(answer
+        .text
+        .starts_with(": keep-alive\n\nevent: message_start\n"));
+    let texts: Vec<String> = sse(&answer.text)
+        .iter()
+        .map(common::Event::json)
+        .filter(|d| d["delta"]["type"] == "text_delta")
+        .filter_map(|d| d["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(texts.len(), 2);
+    for (text, word) in texts.iter().zip(["a ", "b"]) {
+        let (stamp, rest) = text
+            .strip_prefix("t=")
+            .and_then(|t| t.split_once(' '))
+            .expect("stamped");
+        assert!(stamp.len() == 16 && stamp.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(rest, word);
+    }
+    let sent = fake.responses().last().map(|b| b.to_vec());
+    assert_eq!(sent, Some(answer.text.into_bytes()));
+}
