@@ -16,6 +16,10 @@
 //! `deepseek-reasoner` are retired: naming them is a 400. A body without a
 //! `model` is served by flash.
 //!
+//! Thinking is on unless the body says `"thinking": {"type": "disabled"}`
+//! (FIM never thinks). An end-user id (`user_id`, or `metadata.user_id` on
+//! the Anthropic route) must be at most 512 bytes of `[A-Za-z0-9_-]`.
+//!
 //! The behaviour is scripted:
 //!
 //! * programmatically, with [`FakeDeepSeek::set_default`], or
@@ -23,7 +27,8 @@
 //!   [`Behavior`]). The gateway forwards bodies untouched, so a test can steer
 //!   the fake through the real gateway.
 //!
-//! Everything it receives is recorded ([`FakeDeepSeek::requests`]), and it
+//! Everything it receives is recorded ([`FakeDeepSeek::requests`],
+//! [`FakeDeepSeek::last_body`]), and it
 //! counts responses that were abandoned before they finished
 //! ([`FakeDeepSeek::cancelled`]): that is how tests prove that the gateway
 //! closes the upstream connection when its own client goes away.
@@ -42,7 +47,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::Value;
@@ -287,7 +292,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/anthropic/v1/messages", any(anthropic::messages))
         .route(
             "/anthropic/v1/messages/count_tokens",
-            post(anthropic::count_tokens),
+            any(anthropic::count_tokens),
         )
         .route("/v1/tools/search", any(tools::search))
         .route("/v1/tools/fetch", any(tools::fetch))
