@@ -16,8 +16,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
+use crate::request::Dialect;
 use crate::wire::{self, Outgoing, Tokens, REASONING};
-use crate::{Behavior, Dialect, Shared};
+use crate::{Behavior, Shared};
 
 /// The `signature` a thinking block carries.
 const SIGNATURE: &str = "ZmFrZS1kZWVwc2Vlay10aGlua2luZy1zaWduYXR1cmU=";
@@ -72,13 +73,13 @@ fn served_model(name: &str) -> Result<&'static str, String> {
     } else if name.starts_with("claude") {
         Ok("deepseek-flash")
     } else {
-        crate::served_model(Some(name))
+        crate::request::served_model(Some(name))
     }
 }
 
 /// The body's `model`, required here.
 fn model_of(body: &Map<String, Value>) -> Result<String, String> {
-    match crate::model_field(body)? {
+    match crate::request::model_field(body)? {
         None => Err("model: Field required".to_owned()),
         Some(name) => served_model(name).map(|_| name.to_owned()),
     }
@@ -106,7 +107,7 @@ fn thinking_on(thinking: Option<&Value>) -> Result<bool, String> {
 }
 
 pub(crate) async fn messages(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let call = match crate::receive(&shared, req, Dialect::Anthropic).await {
+    let call = match crate::request::receive(&shared, req, Dialect::Anthropic).await {
         Ok(call) => call,
         Err(response) => return response,
     };
@@ -122,12 +123,12 @@ pub(crate) async fn messages(State(shared): State<Arc<Shared>>, req: Request) ->
         }
         let model = model_of(&body)?;
         let user_id = body.get("metadata").and_then(|m| m.get("user_id"));
-        crate::check_user_id(user_id)?;
+        crate::request::check_user_id(user_id)?;
         let thinking = thinking_on(body.get("thinking"))?;
         let said = messages
             .last()
             .and_then(|m| m.get("content"))
-            .map(crate::text_of)
+            .map(crate::request::text_of)
             .unwrap_or_default();
         Ok((model, thinking, said))
     });
@@ -165,7 +166,7 @@ pub(crate) async fn messages(State(shared): State<Arc<Shared>>, req: Request) ->
 }
 
 pub(crate) async fn count_tokens(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let call = match crate::receive(&shared, req, Dialect::Anthropic).await {
+    let call = match crate::request::receive(&shared, req, Dialect::Anthropic).await {
         Ok(call) => call,
         Err(response) => return response,
     };

@@ -6,10 +6,14 @@
 //!   chunk shapes, `usage` on the final chunk, `data: [DONE]`, `: keep-alive`
 //!   comments, blank lines before a queued non-stream answer,
 //!   `reasoning_content` when thinking is on (the default), DeepSeek's error
-//!   bodies (`src/wire.rs`);
+//!   bodies (`src/chat.rs`, `src/wire.rs`);
 //! * the Responses API (`/responses`, `src/responses.rs`);
 //! * Anthropic Messages (`/anthropic/v1/messages`, `src/anthropic.rs`);
 //! * the web tools (`/v1/tools/search`, `/v1/tools/fetch`, `src/tools.rs`).
+//!
+//! All of them read, record, authenticate and validate requests the same way
+//! (`src/request.rs`) and send their bodies through one frame sender that acts
+//! out the scripted behaviour (`wire::streamed`).
 //!
 //! Models: `deepseek-flash`, `deepseek-v4-pro` and the legacy
 //! `deepseek-v4-flash` (served by flash). `deepseek-chat` and
@@ -34,6 +38,8 @@
 //! closes the upstream connection when its own client goes away.
 
 mod anthropic;
+mod chat;
+mod request;
 mod responses;
 mod tools;
 mod wire;
@@ -43,10 +49,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method};
 use axum::routing::{any, get};
 use axum::Router;
 use serde::Deserialize;
@@ -279,14 +283,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/models", get(models))
-        .route("/models", get(models))
-        .route("/user/balance", get(balance))
-        .route("/v1/chat/completions", any(completion))
-        .route("/chat/completions", any(completion))
-        .route("/beta/chat/completions", any(completion))
-        .route("/beta/completions", any(completion))
-        .route("/v1/completions", any(completion))
+        .route("/v1/models", get(chat::models))
+        .route("/models", get(chat::models))
+        .route("/user/balance", get(chat::balance))
+        .route("/v1/chat/completions", any(chat::completion))
+        .route("/chat/completions", any(chat::completion))
+        .route("/beta/chat/completions", any(chat::completion))
+        .route("/beta/completions", any(chat::completion))
+        .route("/v1/completions", any(chat::completion))
         .route("/responses", any(responses::handle))
         .route("/v1/responses", any(responses::handle))
         .route("/anthropic/v1/messages", any(anthropic::messages))
@@ -296,7 +300,7 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/tools/search", any(tools::search))
         .route("/v1/tools/fetch", any(tools::fetch))
-        .fallback(not_found)
+        .fallback(chat::not_found)
         .with_state(shared)
 }
 
@@ -359,345 +363,4 @@ fn record(shared: &Shared, method: Method, path: String, headers: HeaderMap, bod
         headers,
         body,
     });
-}
-
-fn check_key(shared: &Shared, headers: &HeaderMap, dialect: Dialect) -> Option<Response> {
-    let expected = lock(&shared.api_key).clone()?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
-    let x_api_key = header("x-api-key").filter(|_| dialect == Dialect::Anthropic);
-    if bearer == Some(expected.as_str()) || x_api_key == Some(expected.as_str()) {
-        return None;
-    }
-    let got = x_api_key.or(bearer).unwrap_or("");
-    // DeepSeek echoes (part of) the presented key in its 401 text. The fake
-    // echoes all of it, so a gateway that forwards this body is caught.
-    let message = format!("Authentication Fails, Your api key: {got} is invalid");
-    Some(dialect.error(401, &message))
-}
-
-/// The error-body shape of a route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    /// DeepSeek's own: `{"error": {"message", "type", "param", "code"}}`.
-    OpenAi,
-    /// `{"type": "error", "error": {"type", "message"}}`.
-    Anthropic,
-}
-
-impl Dialect {
-    /// An error answer with `message`, its type chosen from the status.
-    pub(crate) fn error(self, status: u16, message: &str) -> Response {
-        match self {
-            Dialect::OpenAi => {
-                let kind = match status {
-                    401 => "authentication_error",
-                    429 => "rate_limit_error",
-                    500.. => "server_error",
-                    _ => "invalid_request_error",
-                };
-                wire::error_response(status, message, kind)
-            }
-            Dialect::Anthropic => anthropic::error_response(status, message),
-        }
-    }
-
-    /// The answer for [`Failure::Status`].
-    fn failure(self, status: u16) -> Response {
-        match self {
-            Dialect::OpenAi => wire::status_failure(status),
-            Dialect::Anthropic => anthropic::status_failure(status),
-        }
-    }
-}
-
-/// One POST as received: recorded, its key checked, its probe running.
-pub(crate) struct Call {
-    pub(crate) probe: Probe,
-    pub(crate) path: String,
-    pub(crate) body: Bytes,
-    pub(crate) dialect: Dialect,
-}
-
-impl Call {
-    /// Ends the call with an immediate answer.
-    pub(crate) fn answer(self, response: Response) -> Response {
-        self.probe.finish();
-        response
-    }
-
-    /// Ends the call with a 400 in the route's shape.
-    pub(crate) fn reject(self, message: &str) -> Response {
-        let response = self.dialect.error(400, message);
-        self.answer(response)
-    }
-
-    /// The body as a JSON object, or why not.
-    pub(crate) fn json_object(&self) -> Result<serde_json::Map<String, Value>, String> {
-        match serde_json::from_slice::<Value>(&self.body) {
-            Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err("Invalid Format: the body must be a JSON object".to_owned()),
-            Err(e) => Err(format!("Invalid Format: {e}")),
-        }
-    }
-
-    /// The behaviour for this call: the body's `_fake`, else the default.
-    pub(crate) fn behavior(
-        &self,
-        shared: &Shared,
-        body: &serde_json::Map<String, Value>,
-    ) -> Result<Behavior, String> {
-        match body.get("_fake") {
-            None => Ok(lock(&shared.default).clone()),
-            Some(fake) => Behavior::deserialize(fake).map_err(|e| format!("Invalid _fake: {e}")),
-        }
-    }
-
-    /// Acts out the failures that come before a response head (pause,
-    /// hang, status, redirect). `Ok` means: go on and answer.
-    pub(crate) async fn before_head(self, behavior: &Behavior) -> Result<Self, Response> {
-        if behavior.head_delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(behavior.head_delay_ms)).await;
-        }
-        match behavior.fail {
-            Some(Failure::Hang) => std::future::pending().await,
-            Some(Failure::Status(code)) => {
-                let response = self.dialect.failure(code);
-                Err(self.answer(response))
-            }
-            Some(Failure::Redirect) => Err(self.answer(
-                Response::builder()
-                    .status(StatusCode::TEMPORARY_REDIRECT)
-                    .header("location", "http://127.0.0.1:9/elsewhere")
-                    .body(Body::empty())
-                    .unwrap_or_default(),
-            )),
-            _ => Ok(self),
-        }
-    }
-}
-
-/// Reads, records and authenticates a request; only POST goes on.
-pub(crate) async fn receive(
-    shared: &Arc<Shared>,
-    req: Request,
-    dialect: Dialect,
-) -> Result<Call, Response> {
-    let probe = Probe::new(shared.clone());
-    let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, 64 << 20).await {
-        Ok(b) => b,
-        Err(_) => return Err(dialect.error(400, "unreadable body")),
-    };
-    let path = parts.uri.path().to_owned();
-    record(
-        shared,
-        parts.method.clone(),
-        path.clone(),
-        parts.headers.clone(),
-        body.clone(),
-    );
-    if parts.method != Method::POST {
-        probe.finish();
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response());
-    }
-    if let Some(denied) = check_key(shared, &parts.headers, dialect) {
-        probe.finish();
-        return Err(denied);
-    }
-    Ok(Call {
-        probe,
-        path,
-        body,
-        dialect,
-    })
-}
-
-/// The model that serves `requested` on DeepSeek's own routes; a missing
-/// name is served by flash.
-pub(crate) fn served_model(requested: Option<&str>) -> Result<&'static str, String> {
-    match requested {
-        None | Some("deepseek-flash" | "deepseek-v4-flash") => Ok("deepseek-flash"),
-        Some("deepseek-v4-pro") => Ok("deepseek-v4-pro"),
-        Some(_) => Err("Model Not Exist".to_owned()),
-    }
-}
-
-/// A body's `model`, which must be a string when present.
-pub(crate) fn model_field(body: &serde_json::Map<String, Value>) -> Result<Option<&str>, String> {
-    match body.get("model") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(m)) => Ok(Some(m)),
-        Some(_) => Err("Invalid Format: model must be a string".to_owned()),
-    }
-}
-
-/// Whether thinking is on: `"thinking": {"type": "enabled" | "disabled"}`,
-/// on when absent.
-pub(crate) fn thinking_on(thinking: Option<&Value>) -> Result<bool, String> {
-    let Some(thinking) = thinking.filter(|t| !t.is_null()) else {
-        return Ok(true);
-    };
-    match thinking.get("type").and_then(Value::as_str) {
-        Some("enabled") => Ok(true),
-        Some("disabled") => Ok(false),
-        _ => Err(r#"Invalid thinking: expected {"type": "enabled" | "disabled"}"#.to_owned()),
-    }
-}
-
-/// Checks an end-user id: at most 512 bytes of `[A-Za-z0-9_-]`.
-pub(crate) fn check_user_id(user_id: Option<&Value>) -> Result<(), String> {
-    let Some(user_id) = user_id.filter(|u| !u.is_null()) else {
-        return Ok(());
-    };
-    let ok = user_id.as_str().is_some_and(|u| {
-        u.len() <= 512
-            && u.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err("Invalid user_id: at most 512 characters of [A-Za-z0-9_-]".to_owned())
-    }
-}
-
-/// The text of a message `content`: a string, or the `text` of its parts.
-pub(crate) fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
-}
-
-async fn models(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let (parts, _) = req.into_parts();
-    record(
-        &shared,
-        parts.method,
-        parts.uri.path().to_owned(),
-        parts.headers.clone(),
-        Bytes::new(),
-    );
-    if let Some(denied) = check_key(&shared, &parts.headers, Dialect::OpenAi) {
-        return denied;
-    }
-    let body = serde_json::json!({
-        "object": "list",
-        "data": [
-            {"id": "deepseek-flash", "object": "model", "owned_by": "deepseek"},
-            {"id": "deepseek-v4-pro", "object": "model", "owned_by": "deepseek"}
-        ]
-    });
-    axum::Json(body).into_response()
-}
-
-async fn balance(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let (parts, _) = req.into_parts();
-    record(
-        &shared,
-        parts.method,
-        parts.uri.path().to_owned(),
-        parts.headers.clone(),
-        Bytes::new(),
-    );
-    if let Some(denied) = check_key(&shared, &parts.headers, Dialect::OpenAi) {
-        return denied;
-    }
-    axum::Json(serde_json::json!({
-        "is_available": true,
-        "balance_infos": [{"currency": "CNY", "total_balance": "110.00",
-                           "granted_balance": "10.00", "topped_up_balance": "100.00"}]
-    }))
-    .into_response()
-}
-
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "Not Found").into_response()
-}
-
-#[derive(Deserialize, Default)]
-struct Incoming {
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    messages: Vec<Value>,
-    #[serde(default)]
-    prompt: Option<String>,
-    #[serde(default)]
-    thinking: Option<Value>,
-    #[serde(default)]
-    user_id: Option<Value>,
-    #[serde(default, rename = "_fake")]
-    fake: Option<Behavior>,
-}
-
-async fn completion(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let call = match receive(&shared, req, Dialect::OpenAi).await {
-        Ok(call) => call,
-        Err(response) => return response,
-    };
-    let incoming: Incoming = match serde_json::from_slice(&call.body) {
-        Ok(i) => i,
-        Err(e) => {
-            let msg = format!("Failed to deserialize the JSON body into the target type: {e}");
-            let response = wire::error_response(422, &msg, "invalid_request_error");
-            return call.answer(response);
-        }
-    };
-    let fim = call.path.ends_with("/completions") && !call.path.ends_with("chat/completions");
-    let checked = served_model(incoming.model.as_deref()).and_then(|model| {
-        check_user_id(incoming.user_id.as_ref())?;
-        // FIM has no thinking.
-        let thinking = !fim && thinking_on(incoming.thinking.as_ref())?;
-        Ok((model, thinking))
-    });
-    let (model, thinking) = match checked {
-        Ok(c) => c,
-        Err(message) => return call.reject(&message),
-    };
-    let behavior = incoming
-        .fake
-        .clone()
-        .unwrap_or_else(|| lock(&shared.default).clone());
-    let call = match call.before_head(&behavior).await {
-        Ok(call) => call,
-        Err(response) => return response,
-    };
-
-    let flavor = if fim {
-        Flavor::Fim
-    } else if thinking {
-        Flavor::Reasoner
-    } else {
-        Flavor::Chat
-    };
-    let reply = behavior.reply.clone().unwrap_or_else(|| {
-        let said = incoming
-            .messages
-            .last()
-            .and_then(|m| m.get("content"))
-            .and_then(|c| c.as_str())
-            .or(incoming.prompt.as_deref())
-            .unwrap_or("");
-        wire::canned_reply(said)
-    });
-    let plan = ReplyPlan {
-        flavor,
-        model: model.to_owned(),
-        reply,
-        behavior,
-    };
-    if incoming.stream {
-        wire::stream_response(plan, call.probe)
-    } else {
-        wire::json_response(plan, call.probe)
-    }
 }

@@ -12,8 +12,9 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use crate::request::Dialect;
 use crate::wire::{self, Outgoing, Tokens, REASONING};
-use crate::{Behavior, Dialect, Shared};
+use crate::{Behavior, Shared};
 
 /// Everything one answer needs.
 struct Answer {
@@ -31,7 +32,7 @@ struct Answer {
 }
 
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let call = match crate::receive(&shared, req, Dialect::OpenAi).await {
+    let call = match crate::request::receive(&shared, req, Dialect::OpenAi).await {
         Ok(call) => call,
         Err(response) => return response,
     };
@@ -45,16 +46,19 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
             .last()
             .map(|item| match item {
                 Value::String(s) => s.clone(),
-                item => item.get("content").map(crate::text_of).unwrap_or_default(),
+                item => item
+                    .get("content")
+                    .map(crate::request::text_of)
+                    .unwrap_or_default(),
             })
             .unwrap_or_default(),
         _ => return call.reject("Invalid Format: input must be a string or an array"),
     };
-    let checked = crate::model_field(&body)
-        .and_then(crate::served_model)
+    let checked = crate::request::model_field(&body)
+        .and_then(crate::request::served_model)
         .and_then(|model| {
-            crate::check_user_id(body.get("user_id"))?;
-            Ok((model, crate::thinking_on(body.get("thinking"))?))
+            crate::request::check_user_id(body.get("user_id"))?;
+            Ok((model, crate::request::thinking_on(body.get("thinking"))?))
         });
     let (model, thinking) = match checked {
         Ok(c) => c,

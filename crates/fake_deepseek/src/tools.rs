@@ -9,8 +9,9 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
+use crate::request::{Call, Dialect};
 use crate::wire;
-use crate::{Call, Dialect, Shared};
+use crate::Shared;
 
 /// A required non-empty string field.
 fn required<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
@@ -32,7 +33,7 @@ async fn tool(
     check: impl Fn(&str) -> Result<(), String>,
     answer: impl Fn(&str, Option<&str>) -> Value,
 ) -> Response {
-    let call: Call = match crate::receive(&shared, req, Dialect::OpenAi).await {
+    let call: Call = match crate::request::receive(&shared, req, Dialect::OpenAi).await {
         Ok(call) => call,
         Err(response) => return response,
     };
