@@ -1,20 +1,47 @@
-//! A faithful fake of DeepSeek's OpenAI-compatible API.
+//! A faithful fake of DeepSeek's API.
 //!
-//! It speaks DeepSeek's wire format (chunk shapes, `usage` on the final chunk,
-//! `data: [DONE]`, `: keep-alive` comments, blank lines before a queued
-//! non-stream answer, `reasoning_content`, DeepSeek's error bodies) and lets a
-//! caller script its behaviour:
+//! It speaks DeepSeek's wire formats and lets a caller script its behaviour:
+//!
+//! * chat completions and FIM (`/chat/completions`, `/beta/completions`):
+//!   chunk shapes, `usage` on the final chunk, `data: [DONE]`, `: keep-alive`
+//!   comments, blank lines before a queued non-stream answer,
+//!   `reasoning_content` when thinking is on (the default), DeepSeek's error
+//!   bodies (`src/chat.rs`, `src/wire.rs`);
+//! * the Responses API (`/responses`, `src/responses.rs`);
+//! * Anthropic Messages (`/anthropic/v1/messages`, `src/anthropic.rs`);
+//! * the web tools (`/v1/tools/search`, `/v1/tools/fetch`, `src/tools.rs`).
+//!
+//! All of them read, record, authenticate and validate requests the same way
+//! (`src/request.rs`) and send their bodies through one frame sender that acts
+//! out the scripted behaviour (`wire::streamed`).
+//!
+//! Models: `deepseek-flash`, `deepseek-v4-pro` and the legacy
+//! `deepseek-v4-flash` (served by flash). `deepseek-chat` and
+//! `deepseek-reasoner` are retired: naming them is a 400. A body without a
+//! `model` is served by flash.
+//!
+//! Thinking is on unless the body says `"thinking": {"type": "disabled"}`
+//! (FIM never thinks). An end-user id (`user_id`, or `metadata.user_id` on
+//! the Anthropic route) must be at most 512 bytes of `[A-Za-z0-9_-]`.
+//!
+//! The behaviour is scripted:
 //!
 //! * programmatically, with [`FakeDeepSeek::set_default`], or
 //! * per request, with a `"_fake": {...}` object in the request body (see
 //!   [`Behavior`]). The gateway forwards bodies untouched, so a test can steer
 //!   the fake through the real gateway.
 //!
-//! Everything it receives is recorded ([`FakeDeepSeek::requests`]), and it
+//! Everything it receives is recorded ([`FakeDeepSeek::requests`],
+//! [`FakeDeepSeek::last_body`]), and it
 //! counts responses that were abandoned before they finished
 //! ([`FakeDeepSeek::cancelled`]): that is how tests prove that the gateway
 //! closes the upstream connection when its own client goes away.
 
+mod anthropic;
+mod chat;
+mod request;
+mod responses;
+mod tools;
 mod wire;
 
 use std::net::SocketAddr;
@@ -22,13 +49,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method};
 use axum::routing::{any, get};
 use axum::Router;
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 pub use wire::{Flavor, ReplyPlan};
@@ -57,6 +83,11 @@ pub struct Behavior {
     /// chunk is sent, `t=<Unix time in µs, 16 digits> `, so a client can
     /// measure one-way latency per chunk (the benchmark does).
     pub stamp: bool,
+    /// Prompt tokens served from the cache, reported in `usage` (capped at
+    /// the prompt size).
+    pub cache_hit_tokens: u64,
+    /// Prompt tokens reported in `usage`; 11 when unset.
+    pub prompt_tokens: Option<u64>,
 }
 
 impl Default for Behavior {
@@ -70,6 +101,8 @@ impl Default for Behavior {
             fail: None,
             reply: None,
             stamp: false,
+            cache_hit_tokens: 0,
+            prompt_tokens: None,
         }
     }
 }
@@ -84,9 +117,13 @@ pub enum Failure {
     Hang,
     /// Send the head (200), then never send a body byte.
     HangBody,
-    /// Send this many content chunks, then reset the connection.
+    /// Send this many content chunks, then reset the connection. Chat and
+    /// non-stream answers count every frame (a non-stream body is two
+    /// frames); Responses and Anthropic streams count only the delta events
+    /// (reasoning and text), after the events that open the answer.
     ResetAfter(usize),
-    /// Send this many content chunks, then go silent forever.
+    /// Send this many content chunks (counted as for `ResetAfter`), then go
+    /// silent forever.
     StallAfter(usize),
     /// Answer 307 to another location.
     Redirect,
@@ -99,6 +136,13 @@ pub struct Recorded {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl Recorded {
+    /// The body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
 }
 
 #[derive(Default)]
@@ -152,7 +196,8 @@ impl FakeDeepSeek {
         format!("http://{}/v1", self.addr)
     }
 
-    /// Requires `Authorization: Bearer <key>`; anything else gets DeepSeek's 401.
+    /// Requires `Authorization: Bearer <key>` (or, on the Anthropic route,
+    /// `x-api-key: <key>`); anything else gets DeepSeek's 401.
     pub fn require_key(&self, key: &str) {
         *lock(&self.shared.api_key) = Some(key.to_owned());
     }
@@ -165,6 +210,31 @@ impl FakeDeepSeek {
     /// Everything received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// The body of the newest POST, parsed as JSON (`None` if there was no
+    /// POST yet or its body is not JSON).
+    pub fn last_body(&self) -> Option<Value> {
+        lock(&self.shared.requests)
+            .iter()
+            .rev()
+            .find(|r| r.method == Method::POST)
+            .and_then(Recorded::json)
+    }
+
+    /// The end-user id the newest POST carried: top-level `user_id` (chat,
+    /// Responses) or `metadata.user_id` (Anthropic).
+    pub fn last_user_id(&self) -> Option<String> {
+        let body = self.last_body()?;
+        let id = body
+            .get("user_id")
+            .or_else(|| body.get("metadata").and_then(|m| m.get("user_id")))?;
+        id.as_str().map(str::to_owned)
+    }
+
+    /// The `thinking` object the newest POST carried, as sent.
+    pub fn last_thinking(&self) -> Option<Value> {
+        self.last_body()?.get("thinking").cloned()
     }
 
     /// The full bodies of the responses sent to the end, in completion order:
@@ -213,15 +283,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/models", get(models))
-        .route("/models", get(models))
-        .route("/user/balance", get(balance))
-        .route("/v1/chat/completions", any(completion))
-        .route("/chat/completions", any(completion))
-        .route("/beta/chat/completions", any(completion))
-        .route("/beta/completions", any(completion))
-        .route("/v1/completions", any(completion))
-        .fallback(not_found)
+        .route("/v1/models", get(chat::models))
+        .route("/models", get(chat::models))
+        .route("/user/balance", get(chat::balance))
+        .route("/v1/chat/completions", any(chat::completion))
+        .route("/chat/completions", any(chat::completion))
+        .route("/beta/chat/completions", any(chat::completion))
+        .route("/beta/completions", any(chat::completion))
+        .route("/v1/completions", any(chat::completion))
+        .route("/responses", any(responses::handle))
+        .route("/v1/responses", any(responses::handle))
+        .route("/anthropic/v1/messages", any(anthropic::messages))
+        .route(
+            "/anthropic/v1/messages/count_tokens",
+            any(anthropic::count_tokens),
+        )
+        .route("/v1/tools/search", any(tools::search))
+        .route("/v1/tools/fetch", any(tools::fetch))
+        .fallback(chat::not_found)
         .with_state(shared)
 }
 
@@ -284,166 +363,4 @@ fn record(shared: &Shared, method: Method, path: String, headers: HeaderMap, bod
         headers,
         body,
     });
-}
-
-fn check_key(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let expected = lock(&shared.api_key).clone()?;
-    let got = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if got == expected {
-        return None;
-    }
-    // DeepSeek echoes (part of) the presented key in its 401 text. The fake
-    // echoes all of it, so a gateway that forwards this body is caught.
-    let message = format!("Authentication Fails, Your api key: {got} is invalid");
-    Some(wire::error_response(401, &message, "authentication_error"))
-}
-
-async fn models(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let (parts, _) = req.into_parts();
-    record(
-        &shared,
-        parts.method,
-        parts.uri.path().to_owned(),
-        parts.headers.clone(),
-        Bytes::new(),
-    );
-    if let Some(denied) = check_key(&shared, &parts.headers) {
-        return denied;
-    }
-    let body = serde_json::json!({
-        "object": "list",
-        "data": [
-            {"id": "deepseek-chat", "object": "model", "owned_by": "deepseek"},
-            {"id": "deepseek-reasoner", "object": "model", "owned_by": "deepseek"}
-        ]
-    });
-    axum::Json(body).into_response()
-}
-
-async fn balance(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let (parts, _) = req.into_parts();
-    record(
-        &shared,
-        parts.method,
-        parts.uri.path().to_owned(),
-        parts.headers.clone(),
-        Bytes::new(),
-    );
-    if let Some(denied) = check_key(&shared, &parts.headers) {
-        return denied;
-    }
-    axum::Json(serde_json::json!({
-        "is_available": true,
-        "balance_infos": [{"currency": "CNY", "total_balance": "110.00",
-                           "granted_balance": "10.00", "topped_up_balance": "100.00"}]
-    }))
-    .into_response()
-}
-
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "Not Found").into_response()
-}
-
-#[derive(Deserialize, Default)]
-struct Incoming {
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    messages: Vec<serde_json::Value>,
-    #[serde(default)]
-    prompt: Option<String>,
-    #[serde(default, rename = "_fake")]
-    fake: Option<Behavior>,
-}
-
-async fn completion(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let probe = Probe::new(shared.clone());
-    let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, 64 << 20).await {
-        Ok(b) => b,
-        Err(_) => return wire::error_response(400, "unreadable body", "invalid_request_error"),
-    };
-    let path = parts.uri.path().to_owned();
-    record(
-        &shared,
-        parts.method.clone(),
-        path.clone(),
-        parts.headers.clone(),
-        body.clone(),
-    );
-    if parts.method != Method::POST {
-        probe.finish();
-        return (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response();
-    }
-    if let Some(denied) = check_key(&shared, &parts.headers) {
-        probe.finish();
-        return denied;
-    }
-    let incoming: Incoming = match serde_json::from_slice(&body) {
-        Ok(i) => i,
-        Err(e) => {
-            probe.finish();
-            let msg = format!("Failed to deserialize the JSON body into the target type: {e}");
-            return wire::error_response(422, &msg, "invalid_request_error");
-        }
-    };
-    let behavior = incoming
-        .fake
-        .clone()
-        .unwrap_or_else(|| lock(&shared.default).clone());
-
-    if behavior.head_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(behavior.head_delay_ms)).await;
-    }
-    match behavior.fail {
-        Some(Failure::Hang) => std::future::pending::<()>().await,
-        Some(Failure::Status(code)) => {
-            probe.finish();
-            return wire::status_failure(code);
-        }
-        Some(Failure::Redirect) => {
-            probe.finish();
-            return Response::builder()
-                .status(StatusCode::TEMPORARY_REDIRECT)
-                .header("location", "http://127.0.0.1:9/elsewhere")
-                .body(Body::empty())
-                .unwrap_or_default();
-        }
-        _ => {}
-    }
-
-    let flavor = if path.ends_with("/completions") && !path.ends_with("chat/completions") {
-        Flavor::Fim
-    } else if incoming.model.as_deref() == Some("deepseek-reasoner") {
-        Flavor::Reasoner
-    } else {
-        Flavor::Chat
-    };
-    let reply = behavior.reply.clone().unwrap_or_else(|| {
-        let said = incoming
-            .messages
-            .last()
-            .and_then(|m| m.get("content"))
-            .and_then(|c| c.as_str())
-            .or(incoming.prompt.as_deref())
-            .unwrap_or("");
-        wire::canned_reply(said)
-    });
-    let plan = ReplyPlan {
-        flavor,
-        model: incoming.model.unwrap_or_else(|| "deepseek-chat".into()),
-        reply,
-        behavior,
-    };
-    if incoming.stream {
-        wire::stream_response(plan, probe)
-    } else {
-        wire::json_response(plan, probe)
-    }
 }

@@ -29,6 +29,7 @@ async fn main() -> std::io::Result<()> {
     }
     fake.set_default(behavior);
     println!("fake DeepSeek listening on {}", fake.base_url());
+    println!("  Anthropic base_url: http://{}/anthropic", fake.addr());
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

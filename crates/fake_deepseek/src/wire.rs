@@ -1,5 +1,6 @@
 //! DeepSeek's wire format: response bodies, SSE chunks and error bodies.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -13,9 +14,10 @@ use crate::{Behavior, Failure, Probe};
 /// Which response shape to produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
-    /// `/chat/completions` with `deepseek-chat`.
+    /// `/chat/completions` with thinking disabled.
     Chat,
-    /// `/chat/completions` with `deepseek-reasoner`: `reasoning_content` first.
+    /// `/chat/completions` with thinking enabled (the default):
+    /// `reasoning_content` first.
     Reasoner,
     /// `/beta/completions` (FIM): `choices[0].text`.
     Fim,
@@ -35,7 +37,55 @@ const FINGERPRINT: &str = "fp_fake_deepseek";
 /// overwritten with the send time, so the frame's length never changes.
 const STAMP_PLACEHOLDER: &str = "t=0000000000000000 ";
 const STAMP_DIGITS: usize = 16;
-const REASONING: &str = "The user greeted me. I should answer briefly and politely.";
+/// The reasoning every thinking answer carries.
+pub(crate) const REASONING: &str = "The user greeted me. I should answer briefly and politely.";
+/// The prompt size reported when a [`Behavior`] does not set one.
+const PROMPT_TOKENS: u64 = 11;
+
+/// Token counts of one answer, shared by every format's `usage`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tokens {
+    /// Prompt tokens in all.
+    pub prompt: u64,
+    /// Prompt tokens served from the cache (at most `prompt`).
+    pub hit: u64,
+    /// Tokens of the reply text.
+    pub completion: u64,
+    /// Tokens of the reasoning (0 when thinking is off).
+    pub reasoning: u64,
+}
+
+impl Tokens {
+    pub(crate) fn new(behavior: &Behavior, reply: &str, thinking: bool) -> Self {
+        let prompt = behavior.prompt_tokens.unwrap_or(PROMPT_TOKENS);
+        Self {
+            prompt,
+            hit: behavior.cache_hit_tokens.min(prompt),
+            completion: reply.split_whitespace().count() as u64,
+            reasoning: if thinking {
+                REASONING.split_whitespace().count() as u64
+            } else {
+                0
+            },
+        }
+    }
+
+    pub(crate) fn miss(&self) -> u64 {
+        self.prompt - self.hit
+    }
+
+    /// Everything generated: reply and reasoning.
+    pub(crate) fn output(&self) -> u64 {
+        self.completion + self.reasoning
+    }
+}
+
+/// A fresh id with `prefix`: unique within the process.
+pub(crate) fn fresh_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:04x}", now_secs())
+}
 
 pub fn canned_reply(said: &str) -> String {
     let said: String = said.chars().take(200).collect();
@@ -84,7 +134,7 @@ pub fn status_failure(status: u16) -> Response {
     response
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -99,7 +149,8 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn words(text: &str, parts: usize) -> Vec<String> {
+/// `text` cut at spaces into at most `parts` pieces that concatenate to it.
+pub(crate) fn words(text: &str, parts: usize) -> Vec<String> {
     let all: Vec<&str> = text.split_inclusive(' ').collect();
     let parts = parts.max(1).min(all.len().max(1));
     let per = all.len().div_ceil(parts).max(1);
@@ -107,21 +158,18 @@ fn words(text: &str, parts: usize) -> Vec<String> {
 }
 
 fn usage(plan: &ReplyPlan) -> serde_json::Value {
-    let prompt = 11u64;
-    let completion = plan.reply.split_whitespace().count() as u64;
+    let thinking = plan.flavor == Flavor::Reasoner;
+    let t = Tokens::new(&plan.behavior, &plan.reply, thinking);
     let mut usage = json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0},
-        "prompt_cache_hit_tokens": 0,
-        "prompt_cache_miss_tokens": prompt
+        "prompt_tokens": t.prompt,
+        "completion_tokens": t.output(),
+        "total_tokens": t.prompt + t.output(),
+        "prompt_tokens_details": {"cached_tokens": t.hit},
+        "prompt_cache_hit_tokens": t.hit,
+        "prompt_cache_miss_tokens": t.miss()
     });
-    if plan.flavor == Flavor::Reasoner {
-        let reasoning = REASONING.split_whitespace().count() as u64;
-        usage["completion_tokens"] = json!(completion + reasoning);
-        usage["total_tokens"] = json!(prompt + completion + reasoning);
-        usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+    if thinking {
+        usage["completion_tokens_details"] = json!({"reasoning_tokens": t.reasoning});
     }
     usage
 }
@@ -141,11 +189,7 @@ fn stream_events(plan: &ReplyPlan, id: &str) -> Vec<(String, bool)> {
                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
         }
     };
-    let stamp = if plan.behavior.stamp {
-        STAMP_PLACEHOLDER
-    } else {
-        ""
-    };
+    let stamp = stamp_prefix(&plan.behavior);
     let mut events = Vec::new();
     match plan.flavor {
         Flavor::Fim => {}
@@ -216,16 +260,34 @@ type Frame = Result<Bytes, std::io::Error>;
 
 /// One frame of a body, and where the digits of its send-time stamp start,
 /// if it has one.
-struct Outgoing {
+pub(crate) struct Outgoing {
     bytes: Bytes,
     stamp_at: Option<usize>,
+    /// Whether [`Failure::ResetAfter`] and [`Failure::StallAfter`] count it.
+    counted: bool,
 }
 
 impl Outgoing {
-    fn plain(bytes: Bytes) -> Self {
+    /// A frame the failure counters count.
+    pub(crate) fn counted(bytes: Bytes) -> Self {
         Self {
             bytes,
             stamp_at: None,
+            counted: true,
+        }
+    }
+
+    /// An SSE frame whose text holds [`STAMP_PLACEHOLDER`] (put there by
+    /// [`stamp_prefix`]) when `stamped`: the first match is taken to be it.
+    pub(crate) fn sse(text: String, stamped: bool, counted: bool) -> Self {
+        let stamp_at = stamped
+            .then(|| text.find(STAMP_PLACEHOLDER))
+            .flatten()
+            .map(|i| i + "t=".len());
+        Self {
+            bytes: Bytes::from(text),
+            stamp_at,
+            counted,
         }
     }
 
@@ -242,10 +304,39 @@ impl Outgoing {
     }
 }
 
-/// Runs `produce` in a task that feeds the response body. The task ends (and
-/// its probe reports a cancellation) as soon as the body is dropped, even
-/// while it sleeps.
-fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Outgoing>) -> Response {
+/// What a streamed content chunk's text starts with: the stamp placeholder
+/// when the behaviour asks for stamps, else nothing.
+pub(crate) fn stamp_prefix(behavior: &Behavior) -> &'static str {
+    if behavior.stamp {
+        STAMP_PLACEHOLDER
+    } else {
+        ""
+    }
+}
+
+/// A JSON document as two counted frames, so that a `reset_after: 1` lands
+/// mid-document.
+pub(crate) fn json_frames(body: &str) -> Vec<Outgoing> {
+    let mid = body.len() / 2;
+    vec![
+        Outgoing::counted(Bytes::copy_from_slice(&body.as_bytes()[..mid])),
+        Outgoing::counted(Bytes::copy_from_slice(&body.as_bytes()[mid..])),
+    ]
+}
+
+/// Sends `frames` as a 200 answer, acting out `behavior` (keep-alives,
+/// pauses, mid-body failures), from a task that feeds the response body. The
+/// task ends (and its probe reports a cancellation) as soon as the body is
+/// dropped, even while it sleeps.
+///
+/// `ResetAfter(n)`/`StallAfter(n)` strike before the first frame that would
+/// follow the `n`th counted frame.
+pub(crate) fn streamed(
+    sse: bool,
+    probe: Probe,
+    behavior: Behavior,
+    frames: Vec<Outgoing>,
+) -> Response {
     let content_type = if sse {
         "text/event-stream; charset=utf-8"
     } else {
@@ -254,7 +345,7 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Outgoing>) -> 
     let (tx, rx) = mpsc::channel::<Frame>(4);
     tokio::spawn(async move {
         let mut probe = probe;
-        let b = &plan.behavior;
+        let b = &behavior;
         let gap = |ms: u64| Duration::from_millis(ms);
         // Waits `pause`; false if the body was dropped meanwhile.
         let wait = |pause: Duration| {
@@ -281,23 +372,27 @@ fn streamed(sse: bool, probe: Probe, plan: ReplyPlan, frames: Vec<Outgoing>) -> 
             }
             probe.sent(ka.as_bytes());
         }
-        for (i, frame) in frames.into_iter().enumerate() {
+        let mut counted = 0;
+        for frame in frames {
             match b.fail {
-                Some(Failure::ResetAfter(n)) if i == n => {
+                Some(Failure::ResetAfter(n)) if counted == n => {
                     // Let the frames already sent leave the socket first.
                     tokio::time::sleep(gap(b.chunk_delay_ms.max(20))).await;
                     let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
                     let _ = tx.send(Err(reset)).await;
                     return probe.finish();
                 }
-                Some(Failure::StallAfter(n)) if i == n => {
+                Some(Failure::StallAfter(n)) if counted == n => {
                     tx.closed().await;
                     return drop(probe);
                 }
                 _ => {}
             }
-            if !wait(gap(b.chunk_delay_ms)).await {
-                return drop(probe);
+            if frame.counted {
+                counted += 1;
+                if !wait(gap(b.chunk_delay_ms)).await {
+                    return drop(probe);
+                }
             }
             // Stamped (when asked) right before it goes to the body.
             let frame = frame.into_bytes();
@@ -326,32 +421,14 @@ pub(crate) fn stream_response(plan: ReplyPlan, probe: Probe) -> Response {
     let id = format!("fake-{:x}", now_secs());
     let mut frames: Vec<Outgoing> = stream_events(&plan, &id)
         .into_iter()
-        .map(|(event, stamped)| {
-            let text = format!("data: {event}\n\n");
-            // serde_json writes keys sorted, `choices` first, and the
-            // placeholder leads the chunk's text: the first match is it.
-            let stamp_at = stamped
-                .then(|| text.find(STAMP_PLACEHOLDER))
-                .flatten()
-                .map(|i| i + "t=".len());
-            Outgoing {
-                bytes: Bytes::from(text),
-                stamp_at,
-            }
-        })
+        .map(|(event, stamped)| Outgoing::sse(format!("data: {event}\n\n"), stamped, true))
         .collect();
-    frames.push(Outgoing::plain(Bytes::from_static(b"data: [DONE]\n\n")));
-    streamed(true, probe, plan, frames)
+    frames.push(Outgoing::counted(Bytes::from_static(b"data: [DONE]\n\n")));
+    streamed(true, probe, plan.behavior, frames)
 }
 
 pub(crate) fn json_response(plan: ReplyPlan, probe: Probe) -> Response {
     let id = format!("fake-{:x}", now_secs());
-    let body = full_body(&plan, &id);
-    // Split the JSON in two so that a `reset_after: 1` lands mid-document.
-    let mid = body.len() / 2;
-    let frames = vec![
-        Outgoing::plain(Bytes::copy_from_slice(&body.as_bytes()[..mid])),
-        Outgoing::plain(Bytes::copy_from_slice(&body.as_bytes()[mid..])),
-    ];
-    streamed(false, probe, plan, frames)
+    let frames = json_frames(&full_body(&plan, &id));
+    streamed(false, probe, plan.behavior, frames)
 }

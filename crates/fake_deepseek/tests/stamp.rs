@@ -16,7 +16,7 @@ fn now_micros() -> u64 {
 /// Streams one answer; returns the raw body and, per content event, its
 /// text and the time the chunk that completed it arrived.
 async fn stream(fake: &FakeDeepSeek, directives: Value) -> (Vec<u8>, Vec<(String, u64)>) {
-    let body = json!({"model": "deepseek-chat", "stream": true,
+    let body = json!({"model": "deepseek-flash", "stream": true,
                       "messages": [{"role": "user", "content": "hi"}], "_fake": directives});
     let response = reqwest::Client::new()
         .post(format!("{}/chat/completions", fake.base_url()))
