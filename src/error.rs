@@ -224,14 +224,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
         let message = self.message();
-        // Whether the official SDKs should retry by themselves: yes when a
-        // retry in a second can succeed, no when the limit lasts for hours.
+        // Whether the official SDKs (and the coding agents built on them)
+        // should retry by themselves: yes when a retry in a second can
+        // succeed; no when it cannot (a bad token) or the wait is long (a
+        // daily quota), or Claude Code would loop for minutes. See the
+        // README's table of refusals.
         let retry = match &self {
             Self::TokenBusy | Self::StateUnavailable => Some("true"),
-            Self::Quota(refusal) if refusal.kind == crate::limits::quota::Kind::Concurrent => {
-                Some("true")
-            }
-            Self::Quota(_) => Some("false"),
+            Self::InvalidCredentials
+            | Self::MissingToken
+            | Self::InvalidToken
+            | Self::ExpiredToken => Some("false"),
+            Self::Quota(refusal) if refusal.retry_after_secs > MAX_RETRY_WAIT_SECS => Some("false"),
+            Self::Quota(_) => Some("true"),
             _ => None,
         };
         let body = error_json(&message, self.kind(), code);
@@ -288,6 +293,9 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The longest `Retry-After` a client is invited to wait out by itself.
+pub const MAX_RETRY_WAIT_SECS: u64 = 60;
 
 /// Attached to error responses so the access log can name the error.
 #[derive(Clone, Debug)]

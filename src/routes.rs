@@ -24,8 +24,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::access_log::{access_log, X_REQUEST_ID};
 use crate::auth::{login, logout, require_token, require_token_and_slot};
-use crate::error::{ApiError, ErrorMessage};
-use crate::formats::anthropic;
+use crate::error::{ApiError, ErrorCode, ErrorMessage};
+use crate::formats::{anthropic, responses};
 use crate::state::AppState;
 use crate::{admin, proxy};
 
@@ -120,14 +120,26 @@ async fn no_store_for_auth(uri: Uri, mut response: Response) -> Response {
     response
 }
 
-/// The gateway's own errors on Anthropic routes, in Anthropic's shape, so
-/// its SDKs raise their usual exceptions. DeepSeek's own answers there are
-/// already in that shape and pass untouched.
+/// The gateway's own errors in the dialect of the route's format: on
+/// Anthropic routes, Anthropic's shape, so its SDKs raise their usual
+/// exceptions; on the Responses route, Codex's words for a long refusal.
+/// DeepSeek's own answers pass untouched.
 async fn dialect(uri: Uri, mut response: Response) -> Response {
-    if uri.path().starts_with("/anthropic/") {
-        if let Some(ErrorMessage(message)) = response.extensions_mut().remove::<ErrorMessage>() {
-            anthropic::rewrite_error(&mut response, &message);
+    let Some(ErrorMessage(message)) = response.extensions_mut().remove::<ErrorMessage>() else {
+        return response;
+    };
+    let code = response.extensions().get::<ErrorCode>().map_or("", |c| c.0);
+    match uri.path() {
+        path if path.starts_with("/anthropic/") => {
+            anthropic::rewrite_error(&mut response, &message)
         }
+        "/responses" | "/v1/responses" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            responses::rewrite_error(&mut response, code, &message, now);
+        }
+        _ => {}
     }
     response
 }

@@ -10,10 +10,11 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::password::{Passwords, Stored};
 use crate::client_ip::IpNet;
 use crate::config::{Config, Models};
+use crate::formats::Format;
 use crate::ledger::Ledger;
 use crate::limits::quota::Limits;
 use crate::metrics::Metrics;
-use crate::proxy::prepare::user_id_for;
+use crate::proxy::prepare::{served_name, user_id_for};
 use crate::proxy::Upstream;
 use crate::store::{self, Store, StoreSettings};
 
@@ -90,16 +91,29 @@ impl AppState {
                 throttle: auth.throttle,
             },
         )?;
+        let models = config.models;
+        let aliases = &models.aliases;
         let (users, credentials): (Vec<_>, Vec<_>) = auth
             .users
             .into_iter()
             .map(|u| {
                 let upstream_user_id = user_id_for(user_id_mode, &user_id_key, &u.username);
+                // The list names served models; an alias or a legacy name in
+                // it stands for the model it is served by.
+                let allowed = u.models.map(|names| {
+                    names
+                        .iter()
+                        .map(|name| match aliases.get(name) {
+                            Some(alias) => alias.model.clone(),
+                            None => served_name(Format::Chat, name).into_owned(),
+                        })
+                        .collect()
+                });
                 let account = move |password| Account {
                     upstream_user_id,
                     username: u.username,
                     password,
-                    models: u.models.map(|m| m.into_iter().collect()),
+                    models: allowed,
                     disabled: u.disabled,
                     admin: u.admin,
                     limits: u.limits,
@@ -130,7 +144,7 @@ impl AppState {
             trusted_proxies: config.server.trusted_proxies,
             active: Active::default(),
             default_max_tokens: config.default_max_tokens,
-            models: config.models,
+            models,
         })))
     }
 }

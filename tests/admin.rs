@@ -71,7 +71,7 @@ async fn admins_see_totals_rows_and_the_balance_and_users_see_their_own() {
 
     let one = json_of(get(&app, &admin, "/admin/usage?user=user1&group_by=model").await).await;
     assert_eq!(one["rows"].as_array().map(Vec::len), Some(1));
-    assert_eq!(one["rows"][0]["key"], "deepseek-chat");
+    assert_eq!(one["rows"][0]["key"], "deepseek-flash", "the served model");
     assert_eq!(one["rows"][0]["requests"], 1);
 
     let future = json_of(get(&app, &admin, "/admin/usage?from=4102444800").await).await;
@@ -143,7 +143,7 @@ async fn admin_active_lists_requests_in_flight_with_their_age_and_bytes() {
     assert_eq!(active["count"], 1, "{active}");
     let row = &active["requests"][0];
     assert_eq!(row["user"], "user1");
-    assert_eq!(row["model"], "deepseek-chat");
+    assert_eq!(row["model"], "deepseek-flash", "the served model");
     assert_eq!(row["route"], "chat");
     assert_eq!(row["stream"], true);
     assert!(row["age_ms"].as_u64().expect("age") >= 50, "{row}");

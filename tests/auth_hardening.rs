@@ -242,11 +242,14 @@ username = "admin"
 password = "admin123"
 models = ["deepseek-chat"]
 "#;
+    // The list names an alias: it allows the model the alias is served by
+    // (deepseek-flash), so deepseek-reasoner (also Flash) is allowed too,
+    // and V4 Pro is not.
     let app = spawn_app_with(|s| s.users = Some(users.into())).await;
     let token = app.token(ADMIN).await;
-    let mut reasoner = chat_body(false);
-    reasoner["model"] = json!("deepseek-reasoner");
-    let response = app.chat(&token, &reasoner).await;
+    let mut pro = chat_body(false);
+    pro["model"] = json!("deepseek-v4-pro");
+    let response = app.chat(&token, &pro).await;
     assert_eq!(response.status(), 403);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "model_not_allowed");
@@ -256,6 +259,9 @@ models = ["deepseek-chat"]
     assert!(app.fake.requests().is_empty(), "nothing was forwarded");
     assert!(app.slots_free_within(Duration::from_secs(1)).await);
     assert_eq!(app.chat(&token, &chat_body(false)).await.status(), 200);
+    let mut reasoner = chat_body(false);
+    reasoner["model"] = json!("deepseek-reasoner");
+    assert_eq!(app.chat(&token, &reasoner).await.status(), 200);
 }
 
 #[tokio::test]

@@ -1119,7 +1119,7 @@ async fn with_http_proxy_set_requests_reach_deepseek_through_the_proxy() {
     assert_eq!(plain, sent[0], "relayed byte for byte");
     assert_eq!(streamed, sent[1], "relayed byte for byte");
     let seen = lock(&seen).clone();
-    let expected = format!("POST {}/chat/completions HTTP/1.1", fake.base_url());
+    let expected = format!("POST http://{}/chat/completions HTTP/1.1", fake.addr());
     assert!(!seen.is_empty(), "nothing went through the proxy");
     assert!(seen.iter().all(|l| *l == expected), "{seen:#?}");
     assert_eq!(

@@ -30,8 +30,9 @@ async fn drive(app: &TestApp) -> [String; 5] {
         .await
         .expect("stream");
     let _ = r.bytes().await;
+    // V4 Pro, thinking on by default.
     let mut reasoner = chat_body(false);
-    reasoner["model"] = json!("deepseek-reasoner");
+    reasoner["model"] = json!("deepseek-v4-pro");
     let r = send(&ids[1], &token, reasoner).await.expect("plain");
     let _ = r.bytes().await;
     let slow = chat_body_with(true, json!({"chunks": 30, "chunk_delay_ms": 50}));
@@ -66,7 +67,8 @@ async fn rows(url: &str) -> Vec<sqlx::any::AnyRow> {
     sqlx::query(
         "SELECT request_id, username, token_id, route, model, stream, status, upstream_status, \
          error_code, prompt_tokens, completion_tokens, reasoning_tokens, \
-         completion_tokens_estimated, bytes_out, client_ip, outcome FROM usage_log",
+         completion_tokens_estimated, bytes_out, client_ip, outcome, requested_model, format, \
+         cached_tokens, cache_miss_tokens, billable FROM usage_log",
     )
     .fetch_all(&pool)
     .await
@@ -90,7 +92,21 @@ async fn check(app: &TestApp, url: &str) {
     let stream = get(&ids[0]);
     assert_eq!(s(stream, "username").as_deref(), Some("admin"));
     assert_eq!(s(stream, "route").as_deref(), Some("chat"));
-    assert_eq!(s(stream, "model").as_deref(), Some("deepseek-chat"));
+    assert_eq!(
+        s(stream, "model").as_deref(),
+        Some("deepseek-flash"),
+        "the served model"
+    );
+    assert_eq!(
+        s(stream, "requested_model").as_deref(),
+        Some("deepseek-chat")
+    );
+    assert_eq!(s(stream, "format").as_deref(), Some("chat"));
+    assert_eq!(
+        (i(stream, "cached_tokens"), i(stream, "cache_miss_tokens")),
+        (Some(0), Some(11))
+    );
+    assert_eq!(i(stream, "billable"), Some(1));
     assert_eq!(i(stream, "stream"), Some(1));
     assert_eq!(
         (i(stream, "status"), i(stream, "upstream_status")),
@@ -213,10 +229,10 @@ async fn every_kind_of_request_lands_in_sqlite_with_the_right_numbers() {
         .expect("user1 row");
     assert_eq!(user1.split_whitespace().nth(1), Some("1"), "{by_user}");
     assert!(
-        user1.split_whitespace().nth(4).is_some_and(|n| n != "0"),
+        user1.split_whitespace().nth(5).is_some_and(|n| n != "0"),
         "estimate shown: {by_user}"
     );
-    assert!(usage("model").contains("deepseek-reasoner"));
+    assert!(usage("model").contains("deepseek-v4-pro"));
     let today = usage("day");
     assert!(
         today.lines().nth(1).is_some_and(|l| l.starts_with("20")),

@@ -113,7 +113,7 @@ async fn metrics_count_requests_rejections_errors_and_tokens_without_secrets() {
     );
     assert_eq!(
         get(&format!(
-            "{p}tokens_total{{kind=\"prompt\",model=\"deepseek-chat\",user=\"admin\"}}"
+            "{p}tokens_total{{kind=\"prompt\",model=\"deepseek-flash\",user=\"admin\"}}"
         )),
         11.0
     );

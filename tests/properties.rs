@@ -30,20 +30,19 @@ fn model_accepts(format: Format, body: &[u8]) -> bool {
         Format::Fim => map.contains_key("prompt"),
         Format::Chat | Format::Anthropic => matches!(map.get("messages"), Some(Value::Array(_))),
         Format::Responses => matches!(map.get("input"), Some(Value::Array(_) | Value::String(_))),
-        Format::Tools => {
-            matches!(map.get("query"), Some(Value::String(_)))
-                || matches!(map.get("url"), Some(Value::String(_)))
-        }
+        Format::Search => matches!(map.get("query"), Some(Value::String(_))),
+        Format::Fetch => matches!(map.get("url"), Some(Value::String(_))),
     };
     shape_ok && typed_ok
 }
 
-const FORMATS: [Format; 5] = [
+const FORMATS: [Format; 6] = [
     Format::Chat,
     Format::Fim,
     Format::Responses,
     Format::Anthropic,
-    Format::Tools,
+    Format::Search,
+    Format::Fetch,
 ];
 
 /// JSON values written the ways that re-encoding would change.

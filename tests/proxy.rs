@@ -56,11 +56,11 @@ async fn a_non_stream_answer_with_leading_blank_lines_passes_through_untouched()
 }
 
 #[tokio::test]
-async fn the_request_body_reaches_deepseek_unchanged() {
+async fn the_request_body_reaches_deepseek_unchanged_but_for_the_user_id_at_its_end() {
     let app = spawn_app().await;
     let token = app.token(ADMIN).await;
     // Odd spacing, unknown fields and unicode must all survive as they are.
-    let raw = "{ \"model\" : \"deepseek-chat\",\n \"messages\":[{\"role\":\"user\",\"content\":\"héllo \\u4f60\"}],\
+    let raw = "{ \"model\" : \"deepseek-flash\",\n \"messages\":[{\"role\":\"user\",\"content\":\"héllo \\u4f60\"}],\
                \"temperature\":0.25, \"x_unknown\": {\"nested\": [1,2,3]} }";
     let response = app
         .http
@@ -72,8 +72,34 @@ async fn the_request_body_reaches_deepseek_unchanged() {
         .expect("request");
     assert_eq!(response.status(), 200);
     let seen = &app.fake.requests()[0];
-    assert_eq!(seen.body, raw.as_bytes());
-    assert_eq!(seen.path, "/v1/chat/completions");
+    let user_id = app.fake.last_user_id().expect("a user_id was set");
+    let expected = format!(
+        "{},\"user_id\":\"{user_id}\"}}",
+        raw.strip_suffix('}').expect("object")
+    );
+    assert_eq!(
+        std::str::from_utf8(&seen.body).expect("utf8"),
+        expected.as_str()
+    );
+    assert_eq!(seen.path, "/chat/completions", "DeepSeek's root path");
+}
+
+#[tokio::test]
+async fn with_user_id_off_and_no_alias_the_body_reaches_deepseek_byte_for_byte() {
+    let app = spawn_app_with(|s| s.deepseek_extra = "user_id = \"off\"".into()).await;
+    let token = app.token(ADMIN).await;
+    let raw = "{ \"model\" : \"deepseek-flash\",\n \"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],\
+               \"seed\":123456789012345678901234567890, \"temperature\":1.0e0, \"user_id\":\"mine\" }";
+    let response = app
+        .http
+        .post(app.url("/chat/completions"))
+        .bearer_auth(&token)
+        .body(raw)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.fake.requests()[0].body, raw.as_bytes());
 }
 
 #[tokio::test]
@@ -212,7 +238,7 @@ async fn models_are_listed_through_the_gateway() {
         assert_eq!(body["object"], "list");
     }
     let paths: Vec<String> = app.fake.requests().into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, ["/v1/models", "/v1/models"]);
+    assert_eq!(paths, ["/models", "/models"], "DeepSeek's root, not /v1");
 }
 
 #[tokio::test]

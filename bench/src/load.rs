@@ -46,7 +46,9 @@ pub fn client(conns: usize) -> Result<reqwest::Client, String> {
 }
 
 pub fn small_body(stream: bool) -> Value {
-    json!({"model": "deepseek-chat", "stream": stream,
+    // A served model with thinking off: the gateway forwards it as it is
+    // (but for user_id), and the fake accepts it when measured directly.
+    json!({"model": "deepseek-flash", "stream": stream, "thinking": {"type": "disabled"},
            "messages": [{"role": "user", "content": "hi"}]})
 }
 

@@ -55,13 +55,13 @@ impl<'a> Object<'a> {
     }
 
     /// A string member; `Err` if present but not a string.
-    pub fn string(&self, key: &str) -> Result<Option<Cow<'a, str>>, ()> {
+    pub fn string(&self, key: &str) -> Result<Option<Cow<'a, str>>, WrongType> {
         match self.get(key) {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
             Some(raw) => serde_json::from_str::<Cow<'a, str>>(raw.get())
                 .map(Some)
-                .map_err(|_| ()),
+                .map_err(|_| WrongType),
         }
     }
 
@@ -74,11 +74,11 @@ impl<'a> Object<'a> {
 
     /// A boolean member (`null` and absent are false); `Err` for any
     /// other type.
-    pub fn flag(&self, key: &str) -> Result<bool, ()> {
+    pub fn flag(&self, key: &str) -> Result<bool, WrongType> {
         match self.get(key).map(RawValue::get) {
             None | Some("null" | "false") => Ok(false),
             Some("true") => Ok(true),
-            Some(_) => Err(()),
+            Some(_) => Err(WrongType),
         }
     }
 
@@ -90,6 +90,10 @@ impl<'a> Object<'a> {
         self.get(key).is_some_and(|raw| raw.get().starts_with('"'))
     }
 }
+
+/// A member the gateway reads has the wrong JSON type.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WrongType;
 
 /// Why a body is not a JSON object.
 #[derive(Debug)]

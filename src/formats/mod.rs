@@ -28,10 +28,12 @@ pub enum Format {
     Responses,
     /// Anthropic Messages (Claude Code).
     Anthropic,
-    /// Web search and fetch (`/v1/tools/*`): no tokens; DeepSeek bills
-    /// each successful call, so the ledger marks a call billable only when
-    /// it answered 200 with content.
-    Tools,
+    /// Web search (`/v1/tools/search`, a `query`) and fetch
+    /// (`/v1/tools/fetch`, a `url`): no tokens; DeepSeek bills each
+    /// successful call, so the ledger marks a call billable only when it
+    /// answered 200 with content, and quotas charge it no tokens.
+    Search,
+    Fetch,
 }
 
 /// How errors are worded for a format's SDKs.
@@ -69,7 +71,7 @@ impl Format {
             Format::Fim => "fim",
             Format::Responses => "responses",
             Format::Anthropic => "anthropic",
-            Format::Tools => "tools",
+            Format::Search | Format::Fetch => "tools",
         }
     }
 
@@ -89,7 +91,7 @@ impl Format {
         match self {
             Format::Chat | Format::Fim | Format::Responses => UserIdPlace::TopLevel,
             Format::Anthropic => UserIdPlace::Metadata,
-            Format::Tools => UserIdPlace::None,
+            Format::Search | Format::Fetch => UserIdPlace::None,
         }
     }
 
@@ -103,7 +105,8 @@ impl Format {
             Format::Fim => object.get("prompt").is_some(),
             Format::Responses => object.is_string("input") || object.is_array("input"),
             Format::Anthropic => object.is_array("messages"),
-            Format::Tools => object.is_string("query") || object.is_string("url"),
+            Format::Search => object.is_string("query"),
+            Format::Fetch => object.is_string("url"),
         };
         if !shape_ok {
             return Err(ApiError::bad_request(
@@ -111,18 +114,18 @@ impl Format {
                 format!("the request body must be {expected}"),
             ));
         }
-        let model = object
-            .string("model")
-            .map_err(|()| ApiError::bad_request("invalid_body", "\"model\" must be a string"))?;
+        let model = object.string("model").map_err(|json::WrongType| {
+            ApiError::bad_request("invalid_body", "\"model\" must be a string")
+        })?;
         let max_tokens = match self {
             Format::Chat => object
                 .count("max_tokens")
                 .or_else(|| object.count("max_completion_tokens")),
             Format::Fim | Format::Anthropic => object.count("max_tokens"),
             Format::Responses => object.count("max_output_tokens"),
-            Format::Tools => Some(0),
+            Format::Search | Format::Fetch => Some(0),
         };
-        let stream = object.flag("stream").map_err(|()| {
+        let stream = object.flag("stream").map_err(|json::WrongType| {
             ApiError::bad_request("invalid_body", "\"stream\" must be true or false")
         })?;
         Ok(Checked {
@@ -138,7 +141,8 @@ impl Format {
             Format::Chat | Format::Anthropic => "a JSON object with a \"messages\" array",
             Format::Fim => "a JSON object with a \"prompt\"",
             Format::Responses => "a JSON object with an \"input\" (a string or an array)",
-            Format::Tools => "a JSON object with a \"query\" (search) or a \"url\" (fetch) string",
+            Format::Search => "a JSON object with a \"query\" string",
+            Format::Fetch => "a JSON object with a \"url\" string",
         }
     }
 
@@ -159,7 +163,7 @@ impl Format {
         match self {
             Format::Anthropic => anthropic::read_event(data, partial),
             Format::Responses => responses::read_event(data),
-            Format::Tools => None,
+            Format::Search | Format::Fetch => None,
             Format::Chat | Format::Fim => chat::read_event(data),
         }
     }
@@ -169,7 +173,7 @@ impl Format {
         match self {
             Format::Anthropic => anthropic::read_json(body),
             Format::Responses => responses::read_json(body),
-            Format::Tools => None,
+            Format::Search | Format::Fetch => None,
             Format::Chat | Format::Fim => chat::read_json(body),
         }
     }
@@ -182,14 +186,27 @@ impl Format {
             Format::Chat | Format::Fim => &[b"content\":\"", b"\"text\":\""],
             Format::Responses => &[b"\"delta\":\""],
             Format::Anthropic => &[b"\"text\":\"", b"\"thinking\":\""],
-            Format::Tools => &[],
+            Format::Search | Format::Fetch => &[],
         }
+    }
+
+    /// Whether DeepSeek bills this format by tokens (not per call).
+    pub fn has_tokens(self) -> bool {
+        !matches!(self, Format::Search | Format::Fetch)
     }
 
     /// Whether a stream of this format ends with `data: [DONE]`.
     pub fn ends_with_done(self) -> bool {
         matches!(self, Format::Chat | Format::Fim)
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -208,15 +225,17 @@ mod tests {
             .check(br#"{"messages":[],"max_tokens":5}"#)
             .is_ok());
         assert!(Format::Anthropic.check(br#"{"input":"x"}"#).is_err());
-        assert!(Format::Tools.check(br#"{"query":"rust"}"#).is_ok());
-        assert!(Format::Tools.check(br#"{"url":"https://a"}"#).is_ok());
-        assert!(Format::Tools.check(br#"{"q":"rust"}"#).is_err());
+        assert!(Format::Search.check(br#"{"query":"rust"}"#).is_ok());
+        assert!(Format::Fetch.check(br#"{"url":"https://a"}"#).is_ok());
+        assert!(Format::Search.check(br#"{"url":"https://a"}"#).is_err());
+        assert!(Format::Fetch.check(br#"{"query":"rust"}"#).is_err());
         assert!(Format::Fim.check(br#"{"prompt":"def f("}"#).is_ok());
         for format in [
             Format::Chat,
             Format::Responses,
             Format::Anthropic,
-            Format::Tools,
+            Format::Search,
+            Format::Fetch,
         ] {
             for bad in [&b"[]"[..], b"null", b"", b"{", b"[[], \"x\"]"] {
                 let err = format.check(bad).err().expect("refused");
@@ -265,12 +284,4 @@ mod tests {
             .expect("valid");
         assert_eq!(checked.model.as_deref(), Some("deepseek-flash"));
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -6,6 +6,8 @@
 //! `response.usage` holds the counts. There is no `[DONE]`. A failed stream
 //! ends with an `error` event.
 
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
 use serde::Deserialize;
 
 use crate::usage::Usage;
@@ -109,6 +111,37 @@ pub fn stream_error_event(code: &str, message: &str, sequence: u64) -> Vec<u8> {
     event.extend_from_slice(data.to_string().as_bytes());
     event.extend_from_slice(b"\n\n");
     event
+}
+
+/// Rewords one of the gateway's own errors for Codex.
+///
+/// Codex waits out any `Retry-After` before it retries, so a daily quota
+/// (wait: hours) would hang it. A long refusal is therefore also told in
+/// Codex's own words, `"type":"usage_limit_reached"` with `resets_at`,
+/// which makes it stop at once and say when to try again. Other clients
+/// (the openai SDK) still get a 429 `RateLimitError` with our `code`.
+pub fn rewrite_error(response: &mut Response, code: &str, message: &str, now_secs: u64) {
+    let long_refusal = response.status() == StatusCode::TOO_MANY_REQUESTS
+        && response.headers().get("x-should-retry") == Some(&HeaderValue::from_static("false"));
+    if !long_refusal {
+        return;
+    }
+    let wait = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let body = serde_json::json!({"error": {
+        "message": message,
+        "type": "usage_limit_reached",
+        "code": code,
+        "resets_at": now_secs.saturating_add(wait),
+    }})
+    .to_string();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    *response.body_mut() = axum::body::Body::from(body);
 }
 
 #[cfg(test)]

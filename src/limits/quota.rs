@@ -84,8 +84,9 @@ impl Refusal {
             ),
             Kind::TokensPerDay => format!(
                 "quota exceeded: your account may use {} tokens per UTC day; {} are used or \
-                 reserved, and this request reserves {} (its body size plus max_tokens); \
-                 lower max_tokens or retry after 00:00 UTC",
+                 reserved, and this request reserves {} (its body size plus its output cap: \
+                 max_tokens, or max_output_tokens on /responses); lower the cap or retry \
+                 after 00:00 UTC",
                 self.limit, self.used, self.reserve
             ),
             Kind::Concurrent => format!(

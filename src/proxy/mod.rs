@@ -26,7 +26,6 @@ use crate::admin::AdminToken;
 use crate::auth::{AuthToken, SlotLease};
 use crate::body::read_limited;
 use crate::error::ApiError;
-use crate::formats::Format;
 use crate::limits::quota::{Admission, Ask};
 use crate::state::AppState;
 use hold::{Charge, Hold};
@@ -172,7 +171,7 @@ async fn completion(
             let max_tokens = checked.max_tokens.unwrap_or(state.default_max_tokens);
             let reserve = match limits.tokens_per_day {
                 0 => 0,
-                _ if format == Format::Tools => 0,
+                _ if !format.has_tokens() => 0,
                 _ => (body.len() as u64).saturating_add(max_tokens),
             };
             let ask = Ask {
@@ -183,7 +182,12 @@ async fn completion(
             };
             match state.store.admit(ask).await? {
                 Admission::Granted(permit) => {
-                    hold.charge = Some(Charge::new(permit, crate::usage::estimate_tokens(&body)));
+                    // A tool call has no tokens: nothing to estimate.
+                    let prompt_estimate = match format.has_tokens() {
+                        true => crate::usage::estimate_tokens(&body),
+                        false => 0,
+                    };
+                    hold.charge = Some(Charge::new(permit, prompt_estimate));
                 }
                 Admission::Refused(refusal) => return Err(ApiError::Quota(refusal)),
             }

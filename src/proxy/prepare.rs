@@ -311,7 +311,7 @@ mod tests {
             Some("u1")
         )
         .is_err());
-        let p = run(Format::Tools, r#"{"query":"x"}"#, Some("u1")).expect("ok");
+        let p = run(Format::Search, r#"{"query":"x"}"#, Some("u1")).expect("ok");
         assert_eq!(text(&p), r#"{"query":"x"}"#);
     }
 

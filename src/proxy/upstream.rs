@@ -99,7 +99,8 @@ impl Route {
             Route::BetaCompletions => Format::Fim,
             Route::Responses => Format::Responses,
             Route::Messages | Route::CountTokens => Format::Anthropic,
-            Route::ToolSearch | Route::ToolFetch => Format::Tools,
+            Route::ToolSearch => Format::Search,
+            Route::ToolFetch => Format::Fetch,
         }
     }
 

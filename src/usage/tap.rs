@@ -106,8 +106,12 @@ impl Tap {
                 self.line(&line);
             }
         } else if !self.overflowed {
+            // `finish` may run twice (the relay's end, then its drop): only
+            // a body that reads as usage changes what was read.
             let body = std::mem::take(&mut self.pending);
-            self.usage = self.format.read_json(&body);
+            if let Some(usage) = self.format.read_json(&body) {
+                self.usage = Some(usage);
+            }
         }
     }
 
@@ -277,6 +281,15 @@ mod tests {
         tap.finish();
         let usage = tap.usage().expect("usage");
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 6));
+    }
+
+    #[test]
+    fn finishing_twice_keeps_the_usage_read_the_first_time() {
+        let mut tap = Tap::new(Format::Chat, false);
+        tap.feed(b"{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}");
+        tap.finish();
+        tap.finish();
+        assert_eq!(tap.usage().map(|u| u.prompt_tokens), Some(5));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use deepseek_proxy::formats::Format;
 use deepseek_proxy::usage::{Tap, Usage};
 use serde_json::{json, Value};
 
@@ -15,7 +16,7 @@ fn deepseek_stream(words: usize) -> Vec<Vec<u8>> {
     let id = "\"id\":\"5f0b6d1c-8a7e-4f53-9c2e-0d4b1a7e6c3f\"";
     let head = format!(
         "{id},\"object\":\"chat.completion.chunk\",\"created\":1764300000,\
-         \"model\":\"deepseek-chat\",\"system_fingerprint\":\"fp_8802369eaa_prod0623_fp8_kvcache\""
+         \"model\":\"deepseek-flash\",\"system_fingerprint\":\"fp_8802369eaa_prod0623_fp8_kvcache\""
     );
     let event = |delta: &str, finish: &str, usage: &str| {
         format!(
@@ -46,6 +47,7 @@ const EXPECTED_USAGE: Usage = Usage {
     prompt_tokens: 1200,
     completion_tokens: 64,
     cached_tokens: 1024,
+    cache_miss_tokens: 176,
     reasoning_tokens: 12,
 };
 
@@ -65,7 +67,7 @@ pub struct TapCost {
 pub fn tap_cost(streams: usize) -> Result<TapCost, String> {
     let chunks = deepseek_stream(64);
     let feed_all = || {
-        let mut tap = Tap::new(true);
+        let mut tap = Tap::new(Format::Chat, true);
         for chunk in &chunks {
             tap.feed(black_box(chunk));
         }
@@ -91,7 +93,7 @@ pub fn tap_cost(streams: usize) -> Result<TapCost, String> {
     let rounds = (streams / 20).max(5);
     let started = Instant::now();
     for _ in 0..rounds * reps {
-        let mut tap = Tap::new(true);
+        let mut tap = Tap::new(Format::Chat, true);
         tap.feed(black_box(usage_chunk));
         black_box(tap.usage());
     }
@@ -164,7 +166,7 @@ mod tests {
 
     #[test]
     fn the_benchmark_stream_carries_the_expected_usage() {
-        let mut tap = Tap::new(true);
+        let mut tap = Tap::new(Format::Chat, true);
         for chunk in deepseek_stream(64) {
             tap.feed(&chunk);
         }
