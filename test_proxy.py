@@ -14,12 +14,27 @@ walks through the scenarios promised by the README:
   5. multi-user        two users' tokens stream at the same time
   6. burst             10 simultaneous requests with one token: 1 x 200, 9 x 429
   7. unauthorized      no token / a garbage token give 401 + WWW-Authenticate
-  8. openai SDK        chat.completions (plain and streamed) and models.list()
+  8. openai SDK        chat.completions (plain and streamed), models.list() with the
+                       aliases, and the retired name `deepseek-chat` served by deepseek-flash
+  9. Responses API     openai `responses.create`, plain and streamed: the text, the
+                       event sequence numbers, and `usage` in the final response
+ 10. Anthropic API     anthropic `messages.create` and `messages.stream` at /anthropic
+                       (token as x-api-key): the text, and usage in the final message
+ 11. refusals in SDKs  a busy token is `openai.RateLimitError` (chat and responses) and
+                       `anthropic.RateLimitError`, with `x-should-retry: true`; a bad
+                       token is `anthropic.AuthenticationError` / `openai.AuthenticationError`
+                       with `x-should-retry: false`
+ 12. LangChain         ChatOpenAI invoke and stream (skipped without langchain-openai)
 
 Each scenario prints `✅ name` or `❌ name: reason` (an indented detail line may
 follow), and the last line is `N passed, M failed`.
 
-Only httpx, openai and the standard library are used. Options: --base-url
+Uses httpx, openai (>= 1.66, for the Responses API), anthropic and the standard
+library; without the anthropic package its scenarios are skipped (set
+TEST_PROXY_REQUIRE_ANTHROPIC=1 to make that a failure, as CI does). Scenario 11
+holds a token's slot with a slow stream: it asks for a long answer and adds
+`"_fake": {"chunks": 30, "chunk_delay_ms": 100}`, which tells the fake behind
+`--demo` to stream slowly. Options: --base-url
 (default $DEEPSEEK_PROXY_URL or http://localhost:8080), --user/--password,
 --user2/--password2, --model, --timeout (seconds per HTTP request).
 """
@@ -443,9 +458,259 @@ def scenario_openai_sdk(ctx: Ctx) -> str:
         settle()
         ids = [m.id for m in client.models.list()]
         expect(ids, "models.list() returned no models")
+        for alias in ("deepseek-chat", "deepseek-reasoner"):
+            expect(alias in ids, f"models.list() does not list the alias {alias!r}: {ids}")
+
+        # The retired name still works: the gateway's alias has deepseek-flash serve it.
+        settle()
+        old = client.chat.completions.create(model="deepseek-chat", messages=messages)
+        expect((old.choices[0].message.content or "").strip(), "deepseek-chat: empty content")
+        expect(
+            old.model == "deepseek-flash",
+            f"deepseek-chat: the answer's model is {old.model!r}, expected 'deepseek-flash' (the alias)",
+        )
     finally:
         client.close()
-    return f"create / stream / models.list ok; models: {', '.join(ids)}"
+    return f"create / stream / models.list ok; models: {', '.join(ids)}; deepseek-chat → {old.model}"
+
+
+def openai_client(ctx: Ctx, token: str) -> Any:
+    import openai
+
+    client = openai.OpenAI(
+        base_url=ctx.url("/v1"), api_key=token, timeout=ctx.timeout, max_retries=0
+    )
+    expect(
+        hasattr(client, "responses"),
+        f"openai {openai.__version__} has no Responses API; pip install 'openai>=1.66'",
+    )
+    return client
+
+
+def expect_usage(usage: Any, where: str, fields: List[str]) -> Dict[str, int]:
+    expect(usage is not None, f"{where}: no usage")
+    counts = {}
+    for field in fields:
+        value = getattr(usage, field, None)
+        expect(
+            isinstance(value, int) and value > 0,
+            f"{where}: usage.{field} is {value!r}, expected a positive count",
+        )
+        counts[field] = value
+    return counts
+
+
+def scenario_responses(ctx: Ctx) -> str:
+    token = login(ctx, ctx.user, ctx.password)
+    settle()
+    client = openai_client(ctx, token)
+    try:
+        whole = client.responses.create(model=ctx.model, input=PROMPT)
+        expect(whole.status == "completed", f"non-stream: status is {whole.status!r}")
+        expect((whole.output_text or "").strip(), "non-stream: empty output_text")
+        expect_usage(whole.usage, "non-stream", ["input_tokens", "output_tokens"])
+
+        settle()
+        events = []
+        parts: List[str] = []
+        with client.responses.create(model=ctx.model, input=PROMPT, stream=True) as stream:
+            for event in stream:
+                events.append(event)
+                if event.type == "response.output_text.delta":
+                    parts.append(event.delta)
+        expect(events, "stream: no events")
+        numbers = [e.sequence_number for e in events]
+        expect(
+            numbers == list(range(numbers[0], numbers[0] + len(numbers))),
+            f"stream: sequence numbers are not consecutive: {numbers[:12]}…",
+        )
+        last = events[-1]
+        expect(
+            last.type == "response.completed",
+            f"stream: last event is {last.type!r}, expected 'response.completed'",
+        )
+        text = "".join(parts)
+        expect(text.strip(), "stream: no output_text.delta events with text")
+        expect(
+            text == last.response.output_text,
+            "stream: the deltas do not add up to the final response's output_text",
+        )
+        usage = expect_usage(last.response.usage, "stream", ["input_tokens", "output_tokens"])
+    finally:
+        client.close()
+    return (
+        f"create ok; stream: {len(events)} events, ends response.completed, "
+        f"usage in={usage['input_tokens']} out={usage['output_tokens']}"
+    )
+
+
+def anthropic_client(ctx: Ctx, token: str) -> Any:
+    import anthropic
+
+    # api_key is sent as x-api-key, as Claude Code does with ANTHROPIC_API_KEY.
+    return anthropic.Anthropic(
+        base_url=ctx.url("/anthropic"), api_key=token, timeout=ctx.timeout, max_retries=0
+    )
+
+
+def anthropic_missing() -> Optional[str]:
+    try:
+        import anthropic  # noqa: F401
+    except ImportError:
+        if os.environ.get("TEST_PROXY_REQUIRE_ANTHROPIC"):
+            raise
+        return SKIPPED + " (pip install anthropic to run it)"
+    return None
+
+
+def scenario_anthropic(ctx: Ctx) -> str:
+    missing = anthropic_missing()
+    if missing:
+        return missing
+    token = login(ctx, ctx.user, ctx.password)
+    settle()
+    client = anthropic_client(ctx, token)
+    try:
+        messages = [{"role": "user", "content": PROMPT}]
+        message = client.messages.create(model=ctx.model, max_tokens=512, messages=messages)
+        text = "".join(b.text for b in message.content if b.type == "text")
+        expect(text.strip(), f"create: no text block in {[b.type for b in message.content]}")
+        expect_usage(message.usage, "create", ["input_tokens", "output_tokens"])
+
+        # Claude Code's names are accepted too (served by deepseek-flash / deepseek-v4-pro).
+        settle()
+        named = client.messages.create(model="claude-sonnet-4-5", max_tokens=512, messages=messages)
+        expect(
+            any(b.type == "text" and b.text.strip() for b in named.content),
+            "create with claude-sonnet-4-5: no text",
+        )
+
+        settle()
+        with client.messages.stream(model=ctx.model, max_tokens=512, messages=messages) as stream:
+            streamed = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        expect(streamed.strip(), "stream: no text")
+        final_text = "".join(b.text for b in final.content if b.type == "text")
+        expect(streamed == final_text, "stream: the text deltas do not add up to the final message")
+        usage = expect_usage(final.usage, "stream", ["input_tokens", "output_tokens"])
+        expect(final.stop_reason == "end_turn", f"stream: stop_reason is {final.stop_reason!r}")
+    finally:
+        client.close()
+    return (
+        f"messages.create (deepseek-flash, claude-sonnet-4-5) / messages.stream ok; final usage in={usage['input_tokens']} "
+        f"out={usage['output_tokens']}"
+    )
+
+
+def expect_sdk_refusal(
+    call: Callable[[], Any], exc_type: type, where: str, status: int, should_retry: str
+) -> Any:
+    """Runs an SDK call that must raise `exc_type`; checks status and x-should-retry."""
+    try:
+        call()
+    except exc_type as exc:
+        response = exc.response
+        expect(
+            response.status_code == status,
+            f"{where}: HTTP {response.status_code} (expected {status})",
+        )
+        got = response.headers.get("x-should-retry")
+        expect(
+            got == should_retry,
+            f"{where}: x-should-retry is {got!r}, expected {should_retry!r}",
+        )
+        return response
+    except Exception as exc:  # the wrong exception class is the failure being tested
+        raise Failed(f"{where}: raised {type(exc).__name__} ({short(str(exc))}), expected {exc_type.__name__}")
+    raise Failed(f"{where}: succeeded, expected {exc_type.__name__}")
+
+
+def scenario_sdk_refusals(ctx: Ctx) -> str:
+    import openai
+
+    missing = anthropic_missing()
+    if missing:
+        return missing
+    import anthropic
+
+    token = login(ctx, ctx.user, ctx.password)
+    settle()
+    oai = openai_client(ctx, token)
+    claude = anthropic_client(ctx, token)
+    messages = [{"role": "user", "content": PROMPT}]
+    slow = dict(chat_body(ctx, True))
+    slow["messages"] = [{"role": "user", "content": PROMPT + " 请详细展开，写长一些。"}]
+    slow["_fake"] = {"chunks": 30, "chunk_delay_ms": 100}
+    seen: List[str] = []
+    try:
+        with httpx.Client(timeout=ctx.timeout) as http:
+            with http.stream(
+                "POST", ctx.url("/chat/completions"), headers=bearer(token), json=slow
+            ) as held:
+                if held.status_code != 200:
+                    held.read()
+                    raise Failed(f"the request holding the slot: HTTP {held.status_code} {short(held.text)}")
+                # The slow stream is open and unread: the token's slot is taken.
+                r = expect_sdk_refusal(
+                    lambda: oai.chat.completions.create(model=ctx.model, messages=messages),
+                    openai.RateLimitError, "openai chat, busy token", 429, "true",
+                )
+                err = error_body(r.content, "openai chat, busy token")
+                expect(err["code"] == "token_busy", f"openai chat: error.code is {err['code']!r}")
+                seen.append("openai chat → RateLimitError")
+
+                r = expect_sdk_refusal(
+                    lambda: oai.responses.create(model=ctx.model, input=PROMPT),
+                    openai.RateLimitError, "openai responses, busy token", 429, "true",
+                )
+                expect(r.headers.get("retry-after") == "1", "responses: Retry-After is not 1")
+                seen.append("responses → RateLimitError")
+
+                r = expect_sdk_refusal(
+                    lambda: claude.messages.create(model=ctx.model, max_tokens=64, messages=messages),
+                    anthropic.RateLimitError, "anthropic, busy token", 429, "true",
+                )
+                body = r.json()
+                expect(
+                    body.get("type") == "error"
+                    and (body.get("error") or {}).get("type") == "rate_limit_error",
+                    f"anthropic, busy token: body is not Anthropic's rate_limit_error: {short(r.text)}",
+                )
+                seen.append("anthropic → RateLimitError")
+
+                # Read the slow stream to its end: the slot is then free again.
+                sse = Sse()
+                for line in held.iter_lines():
+                    sse.feed(line)
+                    if sse.done:
+                        break
+                sse.check("the request holding the slot")
+    finally:
+        oai.close()
+        claude.close()
+
+    bad = "not-a-real-token." + uuid.uuid4().hex
+    bad_claude = anthropic_client(ctx, bad)
+    bad_oai = openai_client(ctx, bad)
+    try:
+        r = expect_sdk_refusal(
+            lambda: bad_claude.messages.create(model=ctx.model, max_tokens=64, messages=messages),
+            anthropic.AuthenticationError, "anthropic, bad token", 401, "false",
+        )
+        expect(
+            (r.json().get("error") or {}).get("type") == "authentication_error",
+            f"anthropic, bad token: body is {short(r.text)}",
+        )
+        seen.append("bad token → anthropic.AuthenticationError")
+        expect_sdk_refusal(
+            lambda: bad_oai.responses.create(model=ctx.model, input=PROMPT),
+            openai.AuthenticationError, "openai responses, bad token", 401, "false",
+        )
+        seen.append("openai.AuthenticationError")
+    finally:
+        bad_claude.close()
+        bad_oai.close()
+    return "; ".join(seen)
 
 
 def scenario_langchain(ctx: Ctx) -> str:
@@ -516,7 +781,7 @@ def parse_args(argv: Optional[List[str]]) -> Ctx:
     p.add_argument("--password", default="admin123")
     p.add_argument("--user2", default="user1", help="second user, for the multi-user scenario")
     p.add_argument("--password2", default="pass123")
-    p.add_argument("--model", default="deepseek-chat")
+    p.add_argument("--model", default="deepseek-flash")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
     a = p.parse_args(argv)
     base = a.base_url.rstrip("/")
@@ -543,6 +808,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         ("基础并发测试 / burst of 10", scenario_burst),
         ("未授权拦截 / unauthorized", scenario_unauthorized),
         ("openai SDK", scenario_openai_sdk),
+        ("Responses API (openai SDK)", scenario_responses),
+        ("Anthropic API (anthropic SDK)", scenario_anthropic),
+        ("SDK 异常 / refusals as SDK exceptions", scenario_sdk_refusals),
         ("LangChain", scenario_langchain),
     ]
     # Every request has its own --timeout; this backstop catches anything that hangs anyway.

@@ -50,6 +50,8 @@ struct Record {
     /// Set for upstream-bound requests: they get a ledger row.
     route: Option<crate::proxy::Route>,
     token_id: u128,
+    /// The personal API key's id, when the request came with one.
+    key_id: Option<Arc<str>>,
     /// The model DeepSeek serves (what policy, quotas and metrics use).
     model: Option<String>,
     /// The name the client sent, when it differs.
@@ -72,8 +74,11 @@ impl RequestLog {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn set_user(&self, user: &str) {
-        self.with(|r| r.user = Some(user.to_owned()));
+    pub fn set_user(&self, user: &str, key_id: Option<&Arc<str>>) {
+        self.with(|r| {
+            r.user = Some(user.to_owned());
+            r.key_id = key_id.cloned();
+        });
     }
 
     pub fn set_bytes_in(&self, n: usize) {
@@ -370,6 +375,7 @@ impl Line {
             path = %l.path,
             client = %l.client,
             user = %r.user.as_deref().unwrap_or("-"),
+            key_id = %r.key_id.as_deref().unwrap_or("-"),
             format = %r.route.map_or("-", |route| route.format().name()),
             model = %r.model.as_deref().unwrap_or("-"),
             status = l.status,
@@ -436,6 +442,7 @@ impl Line {
                 ts_ms: unix_ms(),
                 username: r.user.clone().unwrap_or_default(),
                 token_id: format!("{:032x}", r.token_id),
+                key_id: r.key_id.as_deref().map(str::to_owned),
                 route: route.name().to_owned(),
                 format: route.format().name().to_owned(),
                 model: r.model.clone(),

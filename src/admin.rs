@@ -146,7 +146,7 @@ pub async fn me(State(state): State<AppState>, token: AuthToken) -> Result<Json<
     let now = now_ms();
     let today = now - now.rem_euclid(DAY_MS);
     let month = month_start_ms(now);
-    let user = token.claims.sub.clone();
+    let user = token.account.username.clone();
     let mut out = json!({"user": user, "quotas": quotas(&state, &token).await?});
     for (label, from_ms) in [("today", today), ("month", month)] {
         let filter = Filter {

@@ -62,12 +62,21 @@ impl App {
     pub async fn build(config: Config) -> std::io::Result<App> {
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let limits = Limits::from(&config.server);
-        let cors = config.server.cors_allowed_origins.clone();
         let metrics_addr = config.server.metrics_addr.clone();
         let ledger = Ledger::open(&config.storage)
             .await
             .map_err(std::io::Error::other)?;
-        let state = AppState::new(config, ledger).map_err(std::io::Error::other)?;
+        let state = AppState::new(config, ledger)
+            .await
+            .map_err(std::io::Error::other)?;
+        // Changes made on other replicas or by the CLI, and reloads asked
+        // through the database, reach this process by this poll.
+        let weak = state.downgrade();
+        state.directory.watch(move || {
+            if let Some(state) = weak.upgrade() {
+                crate::reload::in_background(&state);
+            }
+        });
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -83,7 +92,7 @@ impl App {
         Ok(App {
             listener,
             metrics_listener,
-            router: router(state.clone(), &cors),
+            router: router(state.clone()),
             state,
             limits,
         })

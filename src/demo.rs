@@ -38,7 +38,11 @@ pub fn config(path: &std::path::Path, env: Env<'_>) -> Result<Config, ConfigErro
         _ => env(name),
     };
     if path.exists() {
-        Config::load(path, &with_demo_key)
+        let mut config = Config::load(path, &with_demo_key)?;
+        if let Some(source) = &mut config.source {
+            source.demo = true;
+        }
+        Ok(config)
     } else {
         Config::from_toml(DEMO_CONFIG, &with_demo_key)
     }

@@ -28,6 +28,16 @@ pub enum ApiError {
     /// The route is for `role = "admin"` users.
     AdminOnly,
     NotFound,
+    /// A user or key that does not exist (or is not yours).
+    NoSuchItem(String),
+    /// The change conflicts with what exists: a taken name, a user defined
+    /// in the config file, the last admin.
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
+    /// A personal API key past its `expires_at`.
+    KeyExpired,
     MethodNotAllowed,
     InvalidCredentials,
     MissingToken,
@@ -110,7 +120,9 @@ impl ApiError {
             Self::LoginThrottled { .. } => "login_throttled",
             Self::Quota(r) if r.kind == crate::limits::quota::Kind::Concurrent => "user_busy",
             Self::Quota(_) => "quota_exceeded",
-            Self::NotFound => "not_found",
+            Self::NotFound | Self::NoSuchItem(_) => "not_found",
+            Self::Conflict { code, .. } => code,
+            Self::KeyExpired => "key_expired",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidCredentials => "invalid_credentials",
             Self::MissingToken => "missing_token",
@@ -145,12 +157,14 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ModelNotAllowed | Self::AdminOnly => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NoSuchItem(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidCredentials
             | Self::MissingToken
             | Self::InvalidToken
-            | Self::ExpiredToken => StatusCode::UNAUTHORIZED,
+            | Self::ExpiredToken
+            | Self::KeyExpired => StatusCode::UNAUTHORIZED,
             Self::TokenBusy
             | Self::UpstreamRateLimited { .. }
             | Self::LoginThrottled { .. }
@@ -190,6 +204,9 @@ impl ApiError {
             }
             Self::Quota(refusal) => refusal.message(),
             Self::NotFound => "no such route; see the gateway's README for its API".into(),
+            Self::NoSuchItem(message) => message.clone(),
+            Self::Conflict { message, .. } => message.clone(),
+            Self::KeyExpired => "this API key has expired: make a new one (POST /v1/keys)".into(),
             Self::MethodNotAllowed => "method not allowed on this route".into(),
             Self::InvalidCredentials => "invalid username or password".into(),
             Self::MissingToken => "missing token: log in at POST /auth/login and send \
@@ -234,7 +251,8 @@ impl IntoResponse for ApiError {
             Self::InvalidCredentials
             | Self::MissingToken
             | Self::InvalidToken
-            | Self::ExpiredToken => Some("false"),
+            | Self::ExpiredToken
+            | Self::KeyExpired => Some("false"),
             Self::Quota(refusal) if refusal.retry_after_secs > MAX_RETRY_WAIT_SECS => Some("false"),
             Self::Quota(_) => Some("true"),
             _ => None,
@@ -251,7 +269,10 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self {
-            Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => {
+            Self::InvalidCredentials
+            | Self::MissingToken
+            | Self::InvalidToken
+            | Self::KeyExpired => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::ExpiredToken => {

@@ -22,11 +22,13 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod users;
 
 pub use app::App;
 pub use config::Config;

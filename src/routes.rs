@@ -17,7 +17,7 @@
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -27,9 +27,10 @@ use crate::auth::{login, logout, require_token, require_token_and_slot};
 use crate::error::{ApiError, ErrorCode, ErrorMessage};
 use crate::formats::{anthropic, responses};
 use crate::state::AppState;
+use crate::users::api as users;
 use crate::{admin, proxy};
 
-pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
+pub fn router(state: AppState) -> Router {
     // Completions take the token's slot in the same step as the token check.
     let with_slot = Router::new()
         .route("/chat/completions", post(proxy::chat))
@@ -56,6 +57,20 @@ pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
         .route("/admin/requests", get(admin::requests))
         .route("/admin/active", get(admin::active))
         .route("/v1/usage/me", get(admin::me))
+        .route(
+            "/v1/keys",
+            post(users::create_key).get(users::list_own_keys),
+        )
+        .route("/v1/keys/{id}", delete(users::delete_own_key))
+        .route("/admin/keys", get(users::admin_list_keys))
+        .route("/admin/keys/{id}", delete(users::admin_delete_key))
+        .route("/admin/users", get(users::list_users).post(users::add_user))
+        .route(
+            "/admin/users/{name}",
+            patch(users::update_user).delete(users::delete_user),
+        )
+        .route("/admin/reload", post(users::reload))
+        .route("/auth/password", post(users::change_password))
         .route_layer(auth_required);
 
     let public = Router::new()
@@ -70,44 +85,40 @@ pub fn router(state: AppState, cors_allowed_origins: &[HeaderValue]) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(map_response(no_store_for_auth))
         .layer(map_response(dialect));
-    with_layers(app, state, cors_allowed_origins)
+    with_layers(app, state)
 }
 
 /// The layers every route sits behind. Public so tests can put a route that
 /// misbehaves (panics) behind exactly the same stack.
-pub fn with_layers(
-    app: Router<AppState>,
-    state: AppState,
-    cors_allowed_origins: &[HeaderValue],
-) -> Router {
-    let app = match cors(cors_allowed_origins) {
-        Some(cors) => app.layer(cors),
-        None => app,
-    };
-    app.layer(CatchPanicLayer::custom(panic_response))
+pub fn with_layers(app: Router<AppState>, state: AppState) -> Router {
+    app.layer(cors(&state))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn_with_state(state.clone(), access_log))
         .with_state(state)
 }
 
-fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
-            .allow_methods([Method::GET, Method::POST])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                X_REQUEST_ID.clone(),
-                HeaderName::from_static("x-api-key"),
-                HeaderName::from_static("anthropic-version"),
-                HeaderName::from_static("anthropic-beta"),
-            ])
-            .expose_headers([X_REQUEST_ID.clone(), header::RETRY_AFTER])
-            .max_age(std::time::Duration::from_secs(600)),
-    )
+/// CORS for the origins in `server.cors_allowed_origins` (none by default),
+/// read at each request so a reload can change them.
+fn cors(state: &AppState) -> CorsLayer {
+    let live = state.downgrade();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            live.upgrade().is_some_and(|state| {
+                let origins = state.cors.read().unwrap_or_else(|e| e.into_inner()).clone();
+                origins.iter().any(|allowed| allowed == origin)
+            })
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            X_REQUEST_ID.clone(),
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("anthropic-version"),
+            HeaderName::from_static("anthropic-beta"),
+        ])
+        .expose_headers([X_REQUEST_ID.clone(), header::RETRY_AFTER])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Login answers and errors must never sit in a cache.

@@ -1,52 +1,42 @@
 //! The state every handler shares. Cloning it is one reference-count bump.
 
-use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
+
+use axum::http::HeaderValue;
 
 use crate::active::Active;
 use crate::auth::jwt::JwtKeys;
-use crate::auth::password::{Passwords, Stored};
+use crate::auth::password::Passwords;
 use crate::client_ip::IpNet;
-use crate::config::{Config, Models};
-use crate::formats::Format;
+use crate::config::{Config, ConfigSource};
 use crate::ledger::Ledger;
-use crate::limits::quota::Limits;
 use crate::metrics::Metrics;
-use crate::proxy::prepare::{served_name, user_id_for};
 use crate::proxy::Upstream;
+use crate::reload::Fingerprint;
 use crate::store::{self, Store, StoreSettings};
+use crate::users::directory::Base;
+use crate::users::Directory;
+
+pub use crate::users::Account;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
-/// A configured user, as the request path needs it.
-#[derive(Debug)]
-pub struct Account {
-    pub username: String,
-    pub password: Arc<Stored>,
-    /// Models this user may request; `None` allows all.
-    pub models: Option<HashSet<String>>,
-    pub disabled: bool,
-    pub admin: bool,
-    pub limits: Limits,
-    /// What DeepSeek gets as `user_id` for this user (`deepseek.user_id`).
-    pub upstream_user_id: Option<String>,
-}
+/// A handle that does not keep the state alive (for background tasks).
+#[derive(Clone)]
+pub struct WeakState(Weak<Inner>);
 
-impl Account {
-    pub fn may_use(&self, model: Option<&str>) -> bool {
-        match (&self.models, model) {
-            (None, _) => true,
-            (Some(allowed), Some(model)) => allowed.contains(model),
-            (Some(_), None) => false,
-        }
+impl WeakState {
+    pub fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(AppState)
     }
 }
 
 pub struct Inner {
-    pub accounts: HashMap<String, Arc<Account>>,
+    /// Users and keys (config and database), as one swappable snapshot.
+    pub directory: Arc<Directory>,
     pub passwords: Passwords,
     pub jwt: JwtKeys,
     pub token_ttl: Duration,
@@ -60,10 +50,12 @@ pub struct Inner {
     pub trusted_proxies: Vec<IpNet>,
     /// Completion requests in flight here, for `/admin/active`.
     pub active: Active,
-    /// Reserved against `tokens_per_day` for a request without `max_tokens`.
-    pub default_max_tokens: u64,
-    /// Model aliases (`[models.aliases]`).
-    pub models: Models,
+    /// `server.cors_allowed_origins`, swapped by a reload.
+    pub cors: RwLock<Arc<Vec<HeaderValue>>>,
+    /// Where the config came from, for a reload.
+    pub config_source: Option<ConfigSource>,
+    /// The settings a reload cannot change, as they were at start.
+    pub started_with: Fingerprint,
 }
 
 impl Deref for AppState {
@@ -75,76 +67,63 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// Builds the state from a validated config. Fails only if the HTTP client
-    /// cannot be built (for example, no TLS roots).
-    pub fn new(config: Config, ledger: Ledger) -> Result<Self, String> {
+    /// Builds the state from a validated config: loads users and keys from
+    /// the ledger's database. Fails if the HTTP client cannot be built (for
+    /// example, no TLS roots), or on a user defined twice, or nobody at all.
+    pub async fn new(config: Config, ledger: Ledger) -> Result<Self, String> {
         let upstream = Upstream::new(&config.upstream)?;
-        let auth = config.auth;
-        let user_id_mode = config.upstream.user_id;
-        let user_id_key = secrecy::ExposeSecret::expose_secret(&auth.jwt_secret)
-            .as_bytes()
-            .to_vec();
+        let started_with = Fingerprint::of(&config);
         let store = store::select(
             &config.state,
             StoreSettings {
-                login_cache_secs: auth.login_cache.as_secs(),
-                throttle: auth.throttle,
+                login_cache_secs: config.auth.login_cache.as_secs(),
+                throttle: config.auth.throttle,
             },
         )?;
-        let models = config.models;
-        let aliases = &models.aliases;
-        let (users, credentials): (Vec<_>, Vec<_>) = auth
-            .users
-            .into_iter()
-            .map(|u| {
-                let upstream_user_id = user_id_for(user_id_mode, &user_id_key, &u.username);
-                // The list names served models; an alias or a legacy name in
-                // it stands for the model it is served by.
-                let allowed = u.models.map(|names| {
-                    names
-                        .iter()
-                        .map(|name| match aliases.get(name) {
-                            Some(alias) => alias.model.clone(),
-                            None => served_name(Format::Chat, name).into_owned(),
-                        })
-                        .collect()
-                });
-                let account = move |password| Account {
-                    upstream_user_id,
-                    username: u.username,
-                    password,
-                    models: allowed,
-                    disabled: u.disabled,
-                    admin: u.admin,
-                    limits: u.limits,
-                };
-                (account, u.credential)
-            })
-            .unzip();
-        let (passwords, stored) = Passwords::prepare(credentials);
-        let accounts = users
-            .into_iter()
-            .zip(stored)
-            .map(|(account, password)| {
-                let account = account(password);
-                (account.username.clone(), Arc::new(account))
-            })
-            .collect();
+        let jwt = JwtKeys::new(&config.auth.jwt_secret);
+        let token_ttl = config.auth.token_ttl;
+        let cors = RwLock::new(Arc::new(config.server.cors_allowed_origins.clone()));
+        let max_body_bytes = config.server.max_body_bytes;
+        let body_read_timeout = config.server.body_read_timeout;
+        let trusted_proxies = config.server.trusted_proxies.clone();
+        let config_source = config.source.clone();
+        let directory = Directory::open(ledger.pool().clone(), base(config)).await?;
         Ok(Self(Arc::new(Inner {
-            accounts,
-            passwords,
-            jwt: JwtKeys::new(&auth.jwt_secret),
-            token_ttl: auth.token_ttl,
+            directory,
+            passwords: Passwords::default(),
+            jwt,
+            token_ttl,
             store,
             upstream,
             ledger,
             metrics: Metrics::new(),
-            max_body_bytes: config.server.max_body_bytes,
-            body_read_timeout: config.server.body_read_timeout,
-            trusted_proxies: config.server.trusted_proxies,
+            max_body_bytes,
+            body_read_timeout,
+            trusted_proxies,
             active: Active::default(),
-            default_max_tokens: config.default_max_tokens,
-            models,
+            cors,
+            config_source,
+            started_with,
         })))
     }
+
+    pub fn downgrade(&self) -> WeakState {
+        WeakState(Arc::downgrade(&self.0))
+    }
+}
+
+/// What the directory takes from a config (at start and on every reload).
+pub fn base(config: Config) -> Base {
+    let user_id_key = secrecy::ExposeSecret::expose_secret(&config.auth.jwt_secret)
+        .as_bytes()
+        .to_vec();
+    Base::new(
+        config.auth.users,
+        config.quota_defaults,
+        config.default_max_tokens,
+        config.models,
+        config.upstream.user_id,
+        user_id_key,
+        config.auth.api_keys,
+    )
 }

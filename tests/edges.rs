@@ -305,7 +305,6 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
     let router = deepseek_proxy::routes::with_layers(
         Router::new().route("/boom", post(boom)),
         state.clone(),
-        &[],
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -49,10 +49,15 @@ pub async fn login(
         tracing::warn!(user = %loggable(&state, username), client = %ip, "login throttled");
         return Err(ApiError::LoginThrottled { retry_after_secs });
     }
-    let account = state.accounts.get(username);
+    let snapshot = state.directory.snapshot();
+    let account = snapshot.accounts.get(username);
     let password_ok = state
         .passwords
-        .verify(account.map(|a| &a.password), request.password)
+        .verify(
+            account.map(|a| &a.password),
+            &snapshot.dummy,
+            request.password,
+        )
         .await;
     let account = account.filter(|a| password_ok && !a.disabled);
     state
@@ -63,7 +68,7 @@ pub async fn login(
         tracing::info!(user = %loggable(&state, username), client = %ip, "login refused");
         return Err(ApiError::InvalidCredentials);
     };
-    log.set_user(username);
+    log.set_user(username, None);
 
     // A fresh token is signed every time (microseconds); the store decides
     // whether the cached one is handed out instead.
@@ -77,7 +82,16 @@ pub async fn login(
         issued_at: claims.iat,
         exp: claims.exp,
     };
-    let issued = state.store.login_token(username, candidate).await?;
+    let mut issued = state.store.login_token(username, candidate.clone()).await?;
+    if issued.issued_at < account.tokens_valid_after {
+        // The cached token predates a password change, which ended it:
+        // drop it and hand out the new one.
+        state
+            .store
+            .revoke(username, issued.token_id, issued.exp)
+            .await?;
+        issued = state.store.login_token(username, candidate).await?;
+    }
     let body = LoginResponse {
         token: &issued.token,
         token_type: "Bearer",
@@ -92,6 +106,12 @@ pub async fn logout(State(state): State<AppState>, token: AuthToken) -> Result<R
     let AuthToken {
         claims, token_id, ..
     } = token;
+    let Some(claims) = claims else {
+        return Err(ApiError::bad_request(
+            "not_a_login_token",
+            "this is an API key; revoke it with DELETE /v1/keys/{id}",
+        ));
+    };
     state
         .store
         .revoke(&claims.sub, token_id, claims.exp)
@@ -102,7 +122,7 @@ pub async fn logout(State(state): State<AppState>, token: AuthToken) -> Result<R
 /// Usernames are logged only when they exist: someone who types their
 /// password into the username field must not find it in the log.
 fn loggable<'a>(state: &AppState, username: &'a str) -> &'a str {
-    if state.accounts.contains_key(username) {
+    if state.directory.snapshot().accounts.contains_key(username) {
         username
     } else {
         "(unknown)"

@@ -16,16 +16,29 @@ pub const X_API_KEY: &str = "x-api-key";
 use super::jwt::{unix_now, Claims};
 use crate::access_log::RequestLog;
 use crate::error::ApiError;
-use crate::state::{Account, AppState};
+use crate::state::AppState;
 use crate::store::{Acquired, Lease};
+use crate::users::{keys, Account, ApiKey};
 
-/// The verified claims of the request's bearer token, and its user.
+/// Who is calling: the verified claims of a login token, or a personal
+/// API key, and the user either belongs to.
 #[derive(Debug, Clone)]
 pub struct AuthToken {
-    pub claims: Claims,
-    /// The token's id (its `jti` as a number): the slot and revocation key.
+    /// A login token's claims; `None` for an API key.
+    pub claims: Option<Claims>,
+    /// A login token's id (its `jti` as a number), or an API key's first
+    /// slot: the slot and revocation key.
     pub token_id: u128,
     pub account: Arc<Account>,
+    /// The personal API key used, if any.
+    pub key: Option<Arc<ApiKey>>,
+}
+
+impl AuthToken {
+    /// Whether this caller may use `model`: its user may, and so may its key.
+    pub fn may_use(&self, model: Option<&str>) -> bool {
+        self.account.may_use(model) && self.key.as_ref().map_or(true, |k| k.may_use(model))
+    }
 }
 
 /// For routes that take no slot: a valid token that was not logged out.
@@ -35,7 +48,8 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     let token = authenticate(&state, req.headers());
     let checked = async {
         let token = token?;
-        if state.store.is_revoked(token.token_id).await? {
+        // Login tokens can be logged out; keys are revoked by deletion.
+        if token.key.is_none() && state.store.is_revoked(token.token_id).await? {
             return Err(ApiError::InvalidToken);
         }
         Ok((token, None))
@@ -54,11 +68,19 @@ pub async fn require_token_and_slot(
     let token = authenticate(&state, req.headers());
     let checked = async {
         let token = token?;
-        match state.store.acquire(token.token_id).await? {
-            Acquired::Granted(lease) => Ok((token, Some(lease))),
-            Acquired::Busy => Err(ApiError::TokenBusy),
-            Acquired::Revoked => Err(ApiError::InvalidToken),
+        // A key may have several slots (`max_in_flight`): the first free one.
+        let slots: Vec<u128> = match &token.key {
+            Some(key) => key.slots().collect(),
+            None => vec![token.token_id],
+        };
+        for slot in slots {
+            match state.store.acquire(slot).await? {
+                Acquired::Granted(lease) => return Ok((token, Some(lease))),
+                Acquired::Busy => continue,
+                Acquired::Revoked => return Err(ApiError::InvalidToken),
+            }
         }
+        Err(ApiError::TokenBusy)
     };
     admit(checked.await, req, next).await
 }
@@ -75,7 +97,7 @@ async fn admit(
         Err(e) => return e.into_response(),
     };
     if let Some(log) = req.extensions().get::<RequestLog>() {
-        log.set_user(&token.claims.sub);
+        log.set_user(&token.account.username, token.key.as_ref().map(|k| &k.id));
     }
     req.extensions_mut().insert(token);
     if let Some(lease) = lease {
@@ -107,22 +129,36 @@ impl SlotLease {
     }
 }
 
-/// Checks the token itself (signature, claims) and its user. No I/O.
+/// Checks the token itself (a key's hash, or a JWT's signature and claims)
+/// and its user, against the directory's snapshot. No I/O.
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthToken, ApiError> {
     let token = bearer_token(headers)?;
+    let snapshot = state.directory.snapshot();
+    if keys::looks_like_key(token) {
+        let now_ms = crate::users::manage::now_ms();
+        let (key, account) = snapshot.key(token, now_ms)?;
+        state.directory.touch(&key, now_ms);
+        return Ok(AuthToken {
+            claims: None,
+            token_id: key.slot_seed,
+            account,
+            key: Some(key),
+        });
+    }
     let claims = state.jwt.verify(token, unix_now())?;
     let token_id = claims.token_id().ok_or(ApiError::InvalidToken)?;
-    // A user removed from the config, or disabled, loses access at once.
-    let account = state
-        .accounts
-        .get(&claims.sub)
-        .filter(|a| !a.disabled)
+    // A user removed or disabled loses access at once; a password change
+    // ends the tokens issued before it.
+    let account = snapshot
+        .active(&claims.sub)
+        .filter(|a| claims.iat >= a.tokens_valid_after)
         .ok_or(ApiError::InvalidToken)?
         .clone();
     Ok(AuthToken {
-        claims,
+        claims: Some(claims),
         token_id,
         account,
+        key: None,
     })
 }
 

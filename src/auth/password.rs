@@ -1,7 +1,7 @@
 //! Password checks.
 //!
 //! Argon2id hashes (`password_hash` in the config) are verified on the
-//! blocking pool, at most [`Passwords::new`]'s `parallelism` at a time, so a
+//! blocking pool, at most one per core at a time, so a
 //! login flood queues there instead of starving the async workers that relay
 //! streams. Plaintext passwords (`password`, kept for the seed's config) are
 //! compared in constant time.
@@ -65,51 +65,71 @@ pub enum Stored {
 
 pub struct Passwords {
     permits: Arc<Semaphore>,
-    /// Checked against for unknown usernames: same kind as the real ones.
-    dummy: Arc<Stored>,
     checks: AtomicU64,
 }
 
-impl Passwords {
-    /// Prepares every credential: if any is hashed, all are (see module doc).
-    pub fn prepare(credentials: Vec<Credential>) -> (Self, Vec<Arc<Stored>>) {
-        let any_hash = credentials
+/// How every user's password is checked, prepared together so that timing
+/// tells nothing: when any is hashed, all are, and so is the dummy.
+pub struct Prepared {
+    pub stored: Vec<Arc<Stored>>,
+    /// Checked against for unknown usernames: same kind as the real ones.
+    pub dummy: Arc<Stored>,
+}
+
+/// Prepares the credentials: if `hashed` (some user, here or elsewhere,
+/// has a hash), plaintext ones are hashed now.
+pub fn prepare(credentials: &[&Credential], hashed: bool) -> Prepared {
+    let any_hash = hashed
+        || credentials
             .iter()
             .any(|c| matches!(c, Credential::Argon2(_)));
-        let stored = credentials
-            .into_iter()
-            .map(|c| {
-                Arc::new(match c {
-                    Credential::Argon2(phc) => Stored::Hash(SecretString::from(phc)),
-                    Credential::Plain(p) if any_hash => Stored::Hash(SecretString::from(
-                        hash(p.expose_secret()).unwrap_or_default(),
-                    )),
-                    Credential::Plain(p) => Stored::Plain(p),
-                })
+    let stored = credentials
+        .iter()
+        .map(|c| {
+            Arc::new(match c {
+                Credential::Argon2(phc) => Stored::Hash(SecretString::from(phc.clone())),
+                Credential::Plain(p) if any_hash => Stored::Hash(SecretString::from(
+                    hash(p.expose_secret()).unwrap_or_default(),
+                )),
+                Credential::Plain(p) => Stored::Plain(p.clone()),
             })
-            .collect();
-        let dummy_password = uuid::Uuid::new_v4().to_string();
-        let dummy = if any_hash {
-            Stored::Hash(SecretString::from(
-                hash(&dummy_password).unwrap_or_default(),
-            ))
-        } else {
-            Stored::Plain(SecretString::from(dummy_password))
-        };
-        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let passwords = Self {
-            permits: Arc::new(Semaphore::new(parallelism)),
-            dummy: Arc::new(dummy),
-            checks: AtomicU64::new(0),
-        };
-        (passwords, stored)
+        })
+        .collect();
+    let dummy_password = uuid::Uuid::new_v4().to_string();
+    let dummy = if any_hash {
+        Stored::Hash(SecretString::from(
+            hash(&dummy_password).unwrap_or_default(),
+        ))
+    } else {
+        Stored::Plain(SecretString::from(dummy_password))
+    };
+    Prepared {
+        stored,
+        dummy: Arc::new(dummy),
     }
+}
 
+impl Default for Passwords {
+    fn default() -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            permits: Arc::new(Semaphore::new(parallelism)),
+            checks: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Passwords {
     /// True when `stored` is `Some` and `password` matches it. `None` (an
     /// unknown user) does the same work against the dummy and returns false.
-    pub async fn verify(&self, stored: Option<&Arc<Stored>>, password: SecretString) -> bool {
+    pub async fn verify(
+        &self,
+        stored: Option<&Arc<Stored>>,
+        dummy: &Arc<Stored>,
+        password: SecretString,
+    ) -> bool {
         let known = stored.is_some();
-        let stored = stored.unwrap_or(&self.dummy).clone();
+        let stored = stored.unwrap_or(dummy).clone();
         self.checks.fetch_add(1, Ordering::Relaxed);
         let matches = match &*stored {
             Stored::Plain(p) => constant_time_eq(
@@ -173,13 +193,20 @@ mod tests {
 
     #[tokio::test]
     async fn plaintext_users_pass_only_with_their_own_password() {
-        let (pw, stored) = Passwords::prepare(vec![Credential::Plain(secret("admin123"))]);
+        let pw = Passwords::default();
+        let Prepared { stored, dummy } = prepare(&[&Credential::Plain(secret("admin123"))], false);
         assert!(matches!(*stored[0], Stored::Plain(_)));
-        assert!(pw.verify(Some(&stored[0]), secret("admin123")).await);
+        assert!(
+            pw.verify(Some(&stored[0]), &dummy, secret("admin123"))
+                .await
+        );
         for wrong in ["admin12", "admin1234", "", "ADMIN123"] {
-            assert!(!pw.verify(Some(&stored[0]), secret(wrong)).await, "{wrong}");
+            assert!(
+                !pw.verify(Some(&stored[0]), &dummy, secret(wrong)).await,
+                "{wrong}"
+            );
         }
-        assert!(!pw.verify(None, secret("admin123")).await);
+        assert!(!pw.verify(None, &dummy, secret("admin123")).await);
     }
 
     #[tokio::test]
@@ -187,20 +214,25 @@ mod tests {
         let phc = hash("s3cret").expect("hash");
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         check_phc(&phc).expect("valid");
-        let (pw, stored) = Passwords::prepare(vec![
+        let pw = Passwords::default();
+        let (a, b) = (
             Credential::Argon2(phc),
             Credential::Plain(secret("admin123")),
-        ]);
+        );
+        let Prepared { stored, dummy } = prepare(&[&a, &b], false);
         assert!(
             matches!(*stored[1], Stored::Hash(_)),
             "plaintext hashed at start"
         );
-        assert!(pw.verify(Some(&stored[0]), secret("s3cret")).await);
-        assert!(!pw.verify(Some(&stored[0]), secret("s3cret ")).await);
-        assert!(pw.verify(Some(&stored[1]), secret("admin123")).await);
-        assert!(!pw.verify(None, secret("s3cret")).await);
+        assert!(pw.verify(Some(&stored[0]), &dummy, secret("s3cret")).await);
+        assert!(!pw.verify(Some(&stored[0]), &dummy, secret("s3cret ")).await);
         assert!(
-            matches!(*pw.dummy, Stored::Hash(_)),
+            pw.verify(Some(&stored[1]), &dummy, secret("admin123"))
+                .await
+        );
+        assert!(!pw.verify(None, &dummy, secret("s3cret")).await);
+        assert!(
+            matches!(*dummy, Stored::Hash(_)),
             "unknown users cost a hash too"
         );
         assert_eq!(pw.checks(), 4);

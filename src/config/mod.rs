@@ -213,6 +213,12 @@ struct RawAuth {
     login_max_failures_per_ip_per_minute: u32,
     #[serde(default)]
     users: Vec<RawUser>,
+    #[serde(default = "default_true")]
+    api_keys: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_failures_per_minute() -> u32 {
@@ -269,8 +275,30 @@ pub struct Config {
     pub models: Models,
     /// Reserved against `tokens_per_day` for a request without `max_tokens`.
     pub default_max_tokens: u64,
+    /// `[quotas]`: the limits of users who set none of their own.
+    pub quota_defaults: Limits,
     /// Things that work but should be fixed; logged once at start.
     pub warnings: Vec<String>,
+    /// Where this config was read from, for a reload (`None`: built in).
+    pub source: Option<ConfigSource>,
+}
+
+/// A config file, and how it is read (`--demo` supplies a stand-in key).
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: std::path::PathBuf,
+    pub demo: bool,
+}
+
+impl ConfigSource {
+    /// Reads and validates the file again.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        if self.demo {
+            crate::demo::config(&self.path, &process_env)
+        } else {
+            Config::load(&self.path, &process_env)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -299,6 +327,8 @@ pub struct AuthConfig {
     pub login_cache: Duration,
     pub throttle: throttle::Limits,
     pub users: Vec<User>,
+    /// `auth.api_keys`: personal API keys accepted (default true).
+    pub api_keys: bool,
 }
 
 #[derive(Debug)]
@@ -444,7 +474,13 @@ impl Config {
                 ConfigError(format!("cannot read config file {}: {e}", path.display()))
             }
         })?;
-        Self::from_toml(&text, env).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        let mut config = Self::from_toml(&text, env)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        config.source = Some(ConfigSource {
+            path: path.to_owned(),
+            demo: false,
+        });
+        Ok(config)
     }
 
     /// Parses and validates TOML text.
@@ -548,7 +584,9 @@ impl RawConfig {
             storage: self.storage.validate(env)?,
             models: self.models.validate()?,
             default_max_tokens: q.default_max_tokens,
+            quota_defaults: defaults,
             warnings,
+            source: None,
         })
     }
 }
@@ -754,12 +792,8 @@ impl RawAuth {
                 "must be at least 1 (e.g. 3600)",
             ));
         }
-        if self.users.is_empty() {
-            return Err(invalid(
-                "auth.users",
-                "no users: add a [[auth.users]] table with username and password",
-            ));
-        }
+        // No users here is fine when the database has some (checked at
+        // start, when the database is open).
         let mut seen = HashSet::new();
         let mut users = Vec::with_capacity(self.users.len());
         for (i, user) in self.users.into_iter().enumerate() {
@@ -796,6 +830,7 @@ impl RawAuth {
                 ..throttle::Limits::default()
             },
             users,
+            api_keys: self.api_keys,
         })
     }
 }
@@ -944,11 +979,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth.users[1].username"), "{err}");
+        // No users in the file is allowed: they may be in the database
+        // (the gateway refuses to start when there are none anywhere).
         let none = "[auth]\njwt_secret = \"\"\n";
-        let err = Config::from_toml(none, &env_with_key)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("auth.users"), "{err}");
+        assert!(Config::from_toml(none, &env_with_key).is_ok());
     }
 
     #[test]

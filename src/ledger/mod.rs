@@ -37,6 +37,8 @@ pub struct UsageRecord {
     pub username: String,
     /// The token's `jti`, never the token.
     pub token_id: String,
+    /// The personal API key's id (never the key), when one was used.
+    pub key_id: Option<String>,
     pub route: String,
     /// The wire format: chat, fim, responses, anthropic or tools.
     pub format: String,
@@ -125,6 +127,11 @@ impl Ledger {
             dropped,
             pool,
         })
+    }
+
+    /// The database, for the users and keys kept beside the ledger.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Queues a row; never waits. A full queue drops the row (counted).

@@ -40,6 +40,41 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage_log ADD COLUMN requested_model TEXT;
     ALTER TABLE usage_log ADD COLUMN cache_miss_tokens BIGINT;
     ALTER TABLE usage_log ADD COLUMN billable BIGINT NOT NULL DEFAULT 1",
+    // 3: users and personal API keys managed at runtime (see `users::db`),
+    // and the key each ledger row was made with.
+    "CREATE TABLE IF NOT EXISTS users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        models TEXT,
+        requests_per_minute BIGINT,
+        tokens_per_day BIGINT,
+        max_concurrent BIGINT,
+        disabled BIGINT NOT NULL,
+        tokens_valid_after BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        models TEXT,
+        max_in_flight BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        last_used_ms BIGINT,
+        expires_ms BIGINT
+    );
+    CREATE INDEX IF NOT EXISTS api_keys_username ON api_keys (username);
+    CREATE TABLE IF NOT EXISTS directory_version (
+        id BIGINT PRIMARY KEY,
+        version BIGINT NOT NULL,
+        reload BIGINT NOT NULL
+    );
+    INSERT INTO directory_version (id, version, reload) VALUES (1, 0, 0);
+    ALTER TABLE usage_log ADD COLUMN key_id TEXT",
 ];
 
 pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
@@ -77,9 +112,9 @@ pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
 const INSERT_INTO: &str = "INSERT INTO usage_log (request_id, ts_ms, username, token_id, route, \
     model, stream, status, upstream_status, error_code, prompt_tokens, completion_tokens, \
     cached_tokens, reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
-    bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable) VALUES ";
-const COLUMNS: usize = 25;
-/// Rows per INSERT statement: 1,250 parameters, within both SQLite's and
+    bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, key_id) VALUES ";
+const COLUMNS: usize = 26;
+/// Rows per INSERT statement: 1,300 parameters, within both SQLite's and
 /// PostgreSQL's limits. One statement per chunk, not per row, because with
 /// SQLite each statement is a round trip to sqlx's database thread.
 const ROWS_PER_STATEMENT: usize = 50;
@@ -153,7 +188,8 @@ pub async fn insert(pool: &AnyPool, sqlite: bool, rows: &[UsageRecord]) -> Resul
                 .bind(&r.format)
                 .bind(r.requested_model.clone())
                 .bind(r.cache_miss_tokens)
-                .bind(i64::from(r.billable));
+                .bind(i64::from(r.billable))
+                .bind(r.key_id.clone());
         }
         query.execute(&mut *tx).await?;
     }
@@ -257,8 +293,8 @@ pub async fn recent(
         "SELECT request_id, ts_ms, username, token_id, route, model, stream, status, \
          upstream_status, error_code, prompt_tokens, completion_tokens, cached_tokens, \
          reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
-         bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable \
-         FROM usage_log \
+         bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, \
+         key_id FROM usage_log \
          WHERE ($1 = '' OR username = $2) ORDER BY ts_ms DESC LIMIT $3",
     )
     .bind(user.clone())
@@ -294,6 +330,7 @@ pub async fn recent(
                 requested_model: r.try_get("requested_model")?,
                 cache_miss_tokens: r.try_get("cache_miss_tokens")?,
                 billable: r.try_get::<i64, _>("billable")? != 0,
+                key_id: r.try_get("key_id")?,
             })
         })
         .collect()

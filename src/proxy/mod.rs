@@ -107,7 +107,8 @@ pub async fn models(token: AuthToken, cx: Context) -> Result<Response, ApiError>
     cx.log
         .set_request(&Requested::bare(Route::Models), token.token_id);
     let response = forward(Route::Models, &cx, None, &mut Hold::default()).await?;
-    Ok(models::with_aliases(response, &cx.state.models).await)
+    let base = cx.state.directory.snapshot().base.clone();
+    Ok(models::with_aliases(response, &base.models).await)
 }
 
 /// `GET /user/balance` (admins): DeepSeek's account balance, passed through.
@@ -125,8 +126,9 @@ pub async fn count_tokens(token: AuthToken, cx: Context, body: Body) -> Result<R
     let state = &cx.state;
     let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
     let checked = route.format().check(&body)?;
-    let prepared = prepare(&state.models, route.format(), &checked, &body, None)?;
-    if !token.account.may_use(prepared.served.as_deref()) {
+    let base = state.directory.snapshot().base.clone();
+    let prepared = prepare(&base.models, route.format(), &checked, &body, None)?;
+    if !token.may_use(prepared.served.as_deref()) {
         return Err(ApiError::ModelNotAllowed);
     }
     forward(route, &cx, Some(prepared.body), &mut Hold::default()).await
@@ -154,8 +156,10 @@ async fn completion(
         cx.log.set_bytes_in(body.len());
         let checked = format.check(&body)?;
         let account = &token.account;
+        // Aliases and defaults as of now; a reload mid-request changes nothing.
+        let base = state.directory.snapshot().base.clone();
         let prepared = prepare(
-            &state.models,
+            &base.models,
             format,
             &checked,
             &body,
@@ -163,12 +167,12 @@ async fn completion(
         )?;
         // Policy runs on the model DeepSeek will serve.
         let served = prepared.served.as_deref();
-        if !account.may_use(served) {
+        if !token.may_use(served) {
             return Err(ApiError::ModelNotAllowed);
         }
         let limits = account.limits;
         if !limits.is_unlimited() {
-            let max_tokens = checked.max_tokens.unwrap_or(state.default_max_tokens);
+            let max_tokens = checked.max_tokens.unwrap_or(base.default_max_tokens);
             let reserve = match limits.tokens_per_day {
                 0 => 0,
                 _ if !format.has_tokens() => 0,
