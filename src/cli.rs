@@ -22,7 +22,9 @@ pub fn hash_password() -> ExitCode {
     }
 }
 
-fn read_password() -> Result<String, String> {
+/// A password: prompted twice without echo on a terminal, else one line of
+/// stdin.
+pub fn read_password() -> Result<String, String> {
     let password = if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
         let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;

@@ -315,6 +315,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message(), self.code())
+    }
+}
+
 /// The longest `Retry-After` a client is invited to wait out by itself.
 pub const MAX_RETRY_WAIT_SECS: u64 = 60;
 

@@ -245,15 +245,21 @@ impl Directory {
     /// Loads users and keys; fails on a name defined twice, or when there
     /// is nobody at all (the CLI creates the first admin).
     pub async fn open(pool: AnyPool, base: Base) -> Result<Arc<Self>, String> {
-        let seen = db::version(&pool).await.map_err(db_error)?;
-        let snapshot = load(&pool, Arc::new(base)).await?;
-        if snapshot.accounts.is_empty() {
+        let directory = Self::load(pool, base).await?;
+        if directory.snapshot().accounts.is_empty() {
             return Err(
                 "no users: add [[auth.users]] to the config, or create the first admin \
                  with `deepseek_proxy user add NAME --role admin`"
                     .into(),
             );
         }
+        Ok(directory)
+    }
+
+    /// Loads users and keys, even none (the CLI, which creates the first).
+    pub async fn load(pool: AnyPool, base: Base) -> Result<Arc<Self>, String> {
+        let seen = db::version(&pool).await.map_err(db_error)?;
+        let snapshot = load(&pool, Arc::new(base)).await?;
         Ok(Arc::new(Self {
             pool,
             snapshot: RwLock::new(Arc::new(snapshot)),

@@ -13,6 +13,7 @@
 //! * [`api`]: `/v1/keys`, `/admin/keys`, `/admin/users`, `/auth/password`.
 
 pub mod api;
+pub mod cli;
 pub mod db;
 pub mod directory;
 pub mod keys;
