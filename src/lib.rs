@@ -21,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;
