@@ -22,6 +22,9 @@ RUN cargo build --release --locked
 FROM debian:bookworm-slim
 # curl for HEALTHCHECK only. TLS roots are compiled into the binary, so no
 # ca-certificates (deepseek.ca_file adds roots for TLS-inspecting egress).
+# Not pinned (DL3008): bookworm's security updates replace old versions, so a
+# pin would break the build instead of making it reproducible.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl \
     && rm -rf /var/lib/apt/lists/* \
@@ -34,7 +37,8 @@ COPY --from=build /src/target/release/deepseek_proxy /usr/local/bin/deepseek_pro
 ENV DEEPSEEK_PROXY_CONFIG=/etc/deepseek_proxy/config.toml
 VOLUME ["/data"]
 WORKDIR /data
-USER deepseek:deepseek
+# Numeric, so a runtime can check it is not root without reading /etc/passwd.
+USER 10001:10001
 EXPOSE 8080
 # /healthz: the process is alive (/readyz would also check Redis).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
