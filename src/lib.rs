@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;

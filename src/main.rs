@@ -1,6 +1,6 @@
 //! The `deepseek_proxy` binary: parse flags, load config, serve.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,9 +16,20 @@ use deepseek_proxy::{cli, demo, telemetry, users, App};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: the crate version, the git commit and the build date (set
+/// by build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DEEPSEEK_PROXY_GIT_COMMIT"),
+    ", built ",
+    env!("DEEPSEEK_PROXY_BUILD_DATE"),
+    ")"
+);
+
 /// A gateway that lets a team share one DeepSeek API key safely.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     /// Config file.
     /// Accepted before or after a subcommand.
@@ -42,6 +53,12 @@ enum Command {
     /// Argon2id hash for `password_hash` in config.toml.
     HashPassword,
     /// Print totals from the usage ledger named in the config.
+    /// Windows only: install, uninstall, start or stop the Windows service
+    /// (it runs with this --config; see INSTALL.md).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     Usage {
         /// How far back: 7d, 12h, 30m.
         #[arg(long, default_value = "7d")]
@@ -127,6 +144,21 @@ enum KeyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Register the service (automatic start, LocalService account).
+    Install,
+    /// Stop and remove the service.
+    Uninstall,
+    /// Start the service.
+    Start,
+    /// Stop the service; open streams are drained first.
+    Stop,
+    /// What the service manager runs (not for a console).
+    #[command(hide = true)]
+    Run,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum By {
     User,
@@ -139,6 +171,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::HashPassword) => return cli::hash_password(),
+        Some(Command::Service { action }) => return service_command(&cli.config, action),
         Some(Command::Usage { since, by }) => {
             let by = match by {
                 By::User => GroupBy::User,
@@ -195,14 +228,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.server.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("deepseek_proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(config, cli.demo)) {
+    match run_gateway(config, cli.demo, shutdown_signal) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("deepseek_proxy: {e}");
@@ -249,7 +275,86 @@ fn user_action(command: UserCommand) -> Result<Action, String> {
     })
 }
 
-async fn serve(mut config: Config, demo: bool) -> std::io::Result<()> {
+/// Serves until the future from `shutdown` (made inside the runtime, so
+/// signal handlers exist before the port is bound) resolves, then drains.
+fn run_gateway<F, S>(config: Config, demo: bool, shutdown: F) -> Result<(), String>
+where
+    F: FnOnce() -> std::io::Result<S>,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime
+        .block_on(async move {
+            let shutdown = shutdown()?;
+            serve(config, demo, shutdown).await
+        })
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(windows)]
+fn service_command(config: &Path, action: ServiceAction) -> ExitCode {
+    use deepseek_proxy::service::windows;
+    let done = match action {
+        ServiceAction::Install => windows::install(config),
+        ServiceAction::Uninstall => windows::uninstall(),
+        ServiceAction::Start => windows::start(),
+        ServiceAction::Stop => windows::stop(),
+        ServiceAction::Run => {
+            let config = config.to_path_buf();
+            windows::run(Box::new(move |stop| run_service(&config, stop)))
+        }
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deepseek_proxy service: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(windows))]
+fn service_command(_config: &Path, _action: ServiceAction) -> ExitCode {
+    eprintln!(
+        "deepseek_proxy service: Windows services exist on Windows only; on Linux, \
+         install the .deb (a systemd unit) or use compose.yaml (see INSTALL.md)"
+    );
+    ExitCode::from(2)
+}
+
+/// `service run`, on the service manager's thread: logs go to a file
+/// beside the config, relative paths are taken from the config's folder,
+/// and the service manager's Stop drains like SIGTERM does.
+#[cfg(windows)]
+fn run_service(config_path: &Path, stop: deepseek_proxy::service::StopSignal) -> u8 {
+    use deepseek_proxy::service;
+    let _ = std::env::set_current_dir(service::working_dir(config_path));
+    let log = service::log_path(config_path);
+    let config = match Config::load(config_path, &process_env) {
+        Ok(config) => config,
+        Err(e) => {
+            let _ = telemetry::init_to_file(telemetry::LogFormat::Text, &log);
+            tracing::error!("{e}");
+            return 2;
+        }
+    };
+    let _ = telemetry::init_to_file(config.server.log_format, &log);
+    stop.set_grace(config.server.shutdown_grace);
+    match run_gateway(config, false, move || Ok(stop.stopped())) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            1
+        }
+    }
+}
+
+async fn serve(
+    mut config: Config,
+    demo: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let _fake = if demo {
         Some(demo::start_fake(&mut config).await?)
     } else {
@@ -265,7 +370,6 @@ async fn serve(mut config: Config, demo: bool) -> std::io::Result<()> {
              DEEPSEEK_PROXY_JWT_SECRET to at least 32 random bytes)"
         );
     }
-    let shutdown = shutdown_signal()?;
     let app = App::build(config).await?;
     reload_on_sighup(&app)?;
     let addr = app.local_addr()?;
