@@ -1,6 +1,6 @@
 //! The admin and self-service API, read from the usage ledger.
 //!
-//! * `GET /admin/usage?from=&to=&user=&group_by=user|model|day|format` (admin):
+//! * `GET /admin/usage?from=&to=&user=&group_by=user|model|day|format|key` (admin):
 //!   totals; `from`/`to` are Unix seconds (default: the last 7 days).
 //! * `GET /admin/requests?user=&limit=` (admin): the newest ledger rows.
 //! * `GET /admin/active` (admin): the completion requests in flight in this
@@ -77,10 +77,11 @@ pub async fn usage(
         "model" => GroupBy::Model,
         "day" => GroupBy::Day,
         "format" => GroupBy::Format,
+        "key" => GroupBy::Key,
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                "group_by is user, model, day or format",
+                "group_by is user, model, day, format or key",
             ))
         }
     };

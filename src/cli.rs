@@ -110,6 +110,7 @@ fn render(rows: &[Totals], by: GroupBy) -> String {
         GroupBy::Model => "model",
         GroupBy::Day => "day (UTC)",
         GroupBy::Format => "format",
+        GroupBy::Key => "key",
     };
     let key = |t: &Totals| match by {
         GroupBy::Day => t

@@ -63,7 +63,7 @@ enum Command {
         /// How far back: 7d, 12h, 30m.
         #[arg(long, default_value = "7d")]
         since: String,
-        /// Group by user, model, day or format.
+        /// Group by user, model, day, format or key.
         #[arg(long, value_enum, default_value = "user")]
         by: By,
     },
@@ -165,6 +165,7 @@ enum By {
     Model,
     Day,
     Format,
+    Key,
 }
 
 fn main() -> ExitCode {
@@ -178,6 +179,7 @@ fn main() -> ExitCode {
                 By::Model => GroupBy::Model,
                 By::Day => GroupBy::Day,
                 By::Format => GroupBy::Format,
+                By::Key => GroupBy::Key,
             };
             return cli::usage(&cli.config, &since, by);
         }

@@ -61,13 +61,6 @@ impl Fingerprint {
         ])
     }
 
-    /// Whether the JWT secret was generated at start (not in the file).
-    pub fn generated_secret(&self) -> bool {
-        self.0
-            .iter()
-            .any(|(key, value)| *key == "auth.jwt_secret" && value == "generated")
-    }
-
     /// The keys whose values differ.
     fn changed(&self, other: &Fingerprint) -> Vec<&'static str> {
         self.0
@@ -95,14 +88,16 @@ pub async fn reload(state: &AppState) -> Result<Report, String> {
         .as_ref()
         .ok_or("this gateway was started without a config file, so there is nothing to re-read")?;
     let config = source.load().map_err(|e| e.to_string())?;
-    let needs_restart = state.started_with.changed(&Fingerprint::of(&config));
-    let cors = config.server.cors_allowed_origins.clone();
-    // A generated JWT secret is per process: keep this process's, so
-    // pseudonyms (keyed with it) stay the same.
-    let mut base = base(config);
-    if state.started_with.generated_secret() {
-        base.user_id_key = state.directory.snapshot().base.user_id_key.clone();
+    let mut needs_restart = state.started_with.changed(&Fingerprint::of(&config));
+    if source.demo {
+        // --demo points the upstream at its built-in fake after loading.
+        needs_restart.retain(|key| !key.starts_with("deepseek."));
     }
+    let cors = config.server.cors_allowed_origins.clone();
+    // The JWT secret changes only with a restart, and the user_id
+    // pseudonyms are keyed with it: keep the running one.
+    let mut base = base(config);
+    base.user_id_key = state.directory.snapshot().base.user_id_key.clone();
     state.directory.rebuild(Some(base)).await?;
     *state.cors.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(cors);
     let users = state.directory.snapshot().accounts.len();

@@ -10,6 +10,7 @@ use deepseek_proxy::formats::json::Object;
 use deepseek_proxy::formats::Format;
 use deepseek_proxy::proxy::prepare::prepare;
 use deepseek_proxy::usage::{Tap, Usage};
+use deepseek_proxy::users::keys;
 use proptest::prelude::*;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -298,6 +299,39 @@ proptest! {
             prop_assert_eq!(tap.streamed_chars(), chars, "{:?}", format);
         }
         let _ = seq;
+    }
+
+    #[test]
+    fn the_key_parser_and_lookup_accept_only_keys_that_were_issued(
+        at in any::<prop::sample::Index>(),
+        to in "[0-9A-Za-z!_.-]",
+        cut in any::<prop::sample::Index>(),
+        junk in "[ -~]{0,60}",
+    ) {
+        let issued: Vec<keys::NewKey> = (0..3).map(|_| keys::generate().expect("key")).collect();
+        let index: std::collections::HashSet<keys::KeyHash> = issued.iter().map(|k| k.hash).collect();
+        let accepted = |presented: &str| keys::parse(presented).is_some_and(|h| index.contains(&h));
+        for key in &issued {
+            prop_assert!(accepted(&key.key));
+            // One character changed, anywhere.
+            let mut chars: Vec<char> = key.key.chars().collect();
+            let i = at.index(chars.len());
+            if chars[i] != to.chars().next().expect("one char") {
+                chars[i] = to.chars().next().expect("one char");
+                let changed: String = chars.iter().collect();
+                prop_assert!(!accepted(&changed), "{changed}");
+            }
+            // Every proper prefix, and the key with more after it.
+            let n = cut.index(key.key.len());
+            let longer = format!("{}{}", key.key, to);
+            let spaced = format!(" {}", key.key);
+            prop_assert!(!accepted(&key.key[..n]));
+            prop_assert!(!accepted(&longer));
+            prop_assert!(!accepted(&spaced));
+        }
+        let prefixed = format!("sk-dsp-{junk}");
+        prop_assert!(!accepted(&junk));
+        prop_assert!(!accepted(&prefixed));
     }
 
     #[test]

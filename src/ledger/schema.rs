@@ -205,6 +205,8 @@ pub enum GroupBy {
     Day,
     /// Wire format (chat, responses, anthropic, tools...).
     Format,
+    /// Personal API key id (`-`: a login token).
+    Key,
 }
 
 impl GroupBy {
@@ -214,6 +216,7 @@ impl GroupBy {
             GroupBy::Model => "COALESCE(model, '-')",
             GroupBy::Day => "CAST(ts_ms / 86400000 AS TEXT)",
             GroupBy::Format => "format",
+            GroupBy::Key => "COALESCE(key_id, '-')",
         }
     }
 }
