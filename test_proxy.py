@@ -25,6 +25,11 @@ walks through the scenarios promised by the README:
                        token is `anthropic.AuthenticationError` / `openai.AuthenticationError`
                        with `x-should-retry: false`
  12. LangChain         ChatOpenAI invoke and stream (skipped without langchain-openai)
+ 13. personal API key  POST /v1/keys makes an sk-dsp- key (shown once, listed by prefix);
+                       the key works with the openai SDK (chat and responses) and the
+                       anthropic SDK (messages.create, as x-api-key); after
+                       DELETE /v1/keys/{id} it is openai.AuthenticationError and
+                       anthropic.AuthenticationError (401) within 1 s
 
 Each scenario prints `✅ name` or `❌ name: reason` (an indented detail line may
 follow), and the last line is `N passed, M failed`.
@@ -733,6 +738,93 @@ def scenario_langchain(ctx: Ctx) -> str:
     return "invoke / stream ok"
 
 
+def scenario_api_key(ctx: Ctx) -> str:
+    import openai
+
+    missing = anthropic_missing()
+    if missing:
+        return missing
+    import anthropic
+
+    token = login(ctx, ctx.user, ctx.password)
+    with httpx.Client(timeout=ctx.timeout) as http:
+        r = http.post(ctx.url("/v1/keys"), headers=bearer(token), json={"name": "test_proxy"})
+        expect(r.status_code == 201, f"POST /v1/keys: HTTP {r.status_code} {short(r.text)}")
+        made = r.json()
+        key, key_id, prefix = made.get("key"), made.get("id"), made.get("prefix")
+        expect(
+            isinstance(key, str) and key.startswith("sk-dsp-") and len(key) == 50,
+            f"POST /v1/keys: key is not sk-dsp- + 43 characters: {short(str(key), 20)}",
+        )
+        expect(isinstance(key_id, str) and key_id, f"POST /v1/keys: no id in {short(r.text)}")
+        expect(
+            isinstance(prefix, str) and key.startswith(prefix) and len(prefix) < len(key),
+            f"POST /v1/keys: prefix {prefix!r} is not the start of the key",
+        )
+        expect(made.get("max_in_flight") == 1, f"max_in_flight is {made.get('max_in_flight')!r}, expected 1")
+        revoked = False
+        try:
+            listed = http.get(ctx.url("/v1/keys"), headers=bearer(token))
+            expect(listed.status_code == 200, f"GET /v1/keys: HTTP {listed.status_code} {short(listed.text)}")
+            expect(key not in listed.text, "GET /v1/keys shows the key itself; it must show only the prefix")
+            mine = [k for k in listed.json().get("keys", []) if k.get("id") == key_id]
+            expect(mine and mine[0].get("prefix") == prefix, f"GET /v1/keys does not list {key_id}")
+
+            oai = openai_client(ctx, key)
+            claude = anthropic_client(ctx, key)  # sent as x-api-key
+            messages = [{"role": "user", "content": PROMPT}]
+            try:
+                settle()
+                reply = oai.chat.completions.create(model=ctx.model, messages=messages)
+                expect((reply.choices[0].message.content or "").strip(), "openai chat with the key: empty content")
+                settle()
+                resp = oai.responses.create(model=ctx.model, input=PROMPT)
+                expect((resp.output_text or "").strip(), "openai responses with the key: empty output_text")
+                settle()
+                message = claude.messages.create(model=ctx.model, max_tokens=256, messages=messages)
+                expect(
+                    any(b.type == "text" and b.text.strip() for b in message.content),
+                    "anthropic messages.create with the key: no text",
+                )
+
+                gone = http.delete(ctx.url(f"/v1/keys/{key_id}"), headers=bearer(token))
+                expect(gone.status_code == 200, f"DELETE /v1/keys/{key_id}: HTTP {gone.status_code} {short(gone.text)}")
+                revoked = True
+                t0 = time.monotonic()
+                # Revoked through this gateway: refused from the next request on; allow 1 s.
+                while True:
+                    try:
+                        expect_sdk_refusal(
+                            lambda: oai.chat.completions.create(model=ctx.model, messages=messages),
+                            openai.AuthenticationError, "openai, revoked key", 401, "false",
+                        )
+                        break
+                    except Failed:
+                        if time.monotonic() - t0 > 1.0:
+                            raise
+                        time.sleep(0.1)
+                r = expect_sdk_refusal(
+                    lambda: claude.messages.create(model=ctx.model, max_tokens=64, messages=messages),
+                    anthropic.AuthenticationError, "anthropic, revoked key", 401, "false",
+                )
+                expect(
+                    (r.json().get("error") or {}).get("type") == "authentication_error",
+                    f"anthropic, revoked key: body is {short(r.text)}",
+                )
+                took = time.monotonic() - t0
+                expect(took <= 1.0, f"the revoked key was refused only after {took:.2f}s (bound: 1 s)")
+            finally:
+                oai.close()
+                claude.close()
+        finally:
+            if not revoked:  # do not leave a working key behind on a failure
+                http.delete(ctx.url(f"/v1/keys/{key_id}"), headers=bearer(token))
+    return (
+        f"{prefix}… made; openai chat + responses and anthropic messages ok; "
+        f"revoked → 401 AuthenticationError in both SDKs after {took * 1000:.0f} ms"
+    )
+
+
 SKIPPED = "skipped"
 
 
@@ -812,6 +904,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ("Anthropic API (anthropic SDK)", scenario_anthropic),
         ("SDK 异常 / refusals as SDK exceptions", scenario_sdk_refusals),
         ("LangChain", scenario_langchain),
+        ("个人 API Key / personal API key", scenario_api_key),
     ]
     # Every request has its own --timeout; this backstop catches anything that hangs anyway.
     hard_timeout = 3 * ctx.timeout + 15
