@@ -6,6 +6,12 @@
 #   docker run -p 8080:8080 -v ./config.toml:/etc/deepseek_proxy/config.toml:ro \
 #     -v deepseek-proxy-data:/data -e OPENAI_API_KEY deepseek-proxy
 #
+# The entrypoint is the binary, so arguments after the image are its own: the
+# first admin (in the database the config names) with the same mounts,
+#   docker run --rm -it -v ./config.toml:/etc/deepseek_proxy/config.toml:ro \
+#     -v deepseek-proxy-data:/data deepseek-proxy user add admin --role admin
+# (DEEPSEEK_PROXY_CONFIG below stands in for --config).
+#
 # The build step is the same `cargo build --release --locked` that CI runs
 # (.ci/package); CI lints this file with hadolint but cannot build the image
 # (no container engine on the CI machine).

@@ -56,6 +56,9 @@ struct Record {
     model: Option<String>,
     /// The name the client sent, when it differs.
     requested_model: Option<String>,
+    /// The upstream that served it (the last one tried), and the tries.
+    upstream: Option<String>,
+    attempts: u32,
     stream: bool,
     /// For the gateway-overhead histogram: how long the client took to send
     /// its body, when the request went upstream, and when DeepSeek's
@@ -131,6 +134,16 @@ impl RequestLog {
                 .filter(|name| Some(*name) != request.served)
                 .map(short);
             r.stream = request.stream;
+        });
+    }
+
+    /// The request is being tried at `upstream` (its `attempt`th try).
+    pub fn set_served_by(&self, upstream: &str, attempt: u32) {
+        self.with(|r| {
+            if r.upstream.as_deref() != Some(upstream) {
+                r.upstream = Some(upstream.to_owned());
+            }
+            r.attempts = attempt;
         });
     }
 
@@ -378,6 +391,8 @@ impl Line {
             key_id = %r.key_id.as_deref().unwrap_or("-"),
             format = %r.route.map_or("-", |route| route.format().name()),
             model = %r.model.as_deref().unwrap_or("-"),
+            upstream = %r.upstream.as_deref().unwrap_or("-"),
+            attempts = r.attempts,
             status = l.status,
             upstream_status = r.upstream_status.unwrap_or(0),
             error = %l.error.unwrap_or("-"),
@@ -443,6 +458,8 @@ impl Line {
                 username: r.user.clone().unwrap_or_default(),
                 token_id: format!("{:032x}", r.token_id),
                 key_id: r.key_id.as_deref().map(str::to_owned),
+                upstream: r.upstream.clone(),
+                attempts: (r.attempts > 0).then_some(i64::from(r.attempts)),
                 route: route.name().to_owned(),
                 format: route.format().name().to_owned(),
                 model: r.model.clone(),

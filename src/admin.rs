@@ -132,6 +132,18 @@ pub async fn requests(
 }
 
 /// `GET /admin/active`: what is running in this process now, oldest first.
+/// `GET /admin/upstreams` (admin): each upstream's health, last error and
+/// requests in flight here.
+pub async fn upstreams(State(state): State<AppState>, _: AdminToken) -> Json<Value> {
+    let upstreams: Vec<Value> = state
+        .upstreams
+        .members()
+        .iter()
+        .map(|m| m.describe())
+        .collect();
+    Json(json!({ "upstreams": upstreams }))
+}
+
 pub async fn active(State(state): State<AppState>, _: AdminToken) -> Json<Value> {
     let requests = state.active.snapshot();
     Json(json!({

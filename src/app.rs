@@ -66,9 +66,17 @@ impl App {
         let ledger = Ledger::open(&config.storage)
             .await
             .map_err(std::io::Error::other)?;
+        // Users defined twice, nobody at all, an upstream that cannot be
+        // set up: config problems, which a restart cannot fix.
         let state = AppState::new(config, ledger)
             .await
-            .map_err(std::io::Error::other)?;
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        if let Some(every) = state.upstreams.routing.probe_interval {
+            crate::upstreams::probe::start(state.downgrade(), every);
+        }
+        if state.store.is_shared() && state.upstreams.members().len() > 1 {
+            crate::upstreams::probe::sync(state.downgrade());
+        }
         // Changes made on other replicas or by the CLI, and reloads asked
         // through the database, reach this process by this poll.
         let weak = state.downgrade();
@@ -200,9 +208,16 @@ impl App {
 }
 
 async fn serve_metrics(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+    let health: Vec<(&str, bool)> = state
+        .upstreams
+        .members()
+        .iter()
+        .map(|m| (m.name.as_str(), m.health.report().healthy))
+        .collect();
     state.metrics.render(
         state.store.in_flight(),
         state.ledger.queued(),
         state.ledger.dropped(),
+        &health,
     )
 }

@@ -63,5 +63,11 @@ pub async fn start_fake(config: &mut Config) -> std::io::Result<FakeDeepSeek> {
     config.upstream.base_url =
         Url::parse(&format!("http://{}", fake.addr())).map_err(std::io::Error::other)?;
     config.upstream.api_key = SecretString::from(DEMO_KEY);
+    // Every configured upstream is the fake, too.
+    for entry in &mut config.upstreams {
+        entry.config.base_url = config.upstream.base_url.clone();
+        entry.config.api_key = SecretString::from(DEMO_KEY);
+        entry.config.extra_roots.clear();
+    }
     Ok(fake)
 }

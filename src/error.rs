@@ -52,7 +52,11 @@ pub enum ApiError {
     Quota(crate::limits::quota::Refusal),
 
     // The upstream's fault (or our account's, as the upstream sees it).
-    UpstreamUnreachable,
+    /// No answer head: `sent` if the request may have reached DeepSeek
+    /// (a connect or TLS failure never did).
+    UpstreamUnreachable {
+        sent: bool,
+    },
     UpstreamTimeout,
     /// A redirect or a 5xx other than 503.
     UpstreamFailed {
@@ -129,7 +133,7 @@ impl ApiError {
             Self::InvalidToken => "invalid_token",
             Self::ExpiredToken => "token_expired",
             Self::TokenBusy => "token_busy",
-            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamFailed { .. } => "upstream_error",
             Self::UpstreamRejectedKey { status: 402 } => "upstream_insufficient_balance",
@@ -169,7 +173,7 @@ impl ApiError {
             | Self::UpstreamRateLimited { .. }
             | Self::LoginThrottled { .. }
             | Self::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamUnreachable
+            Self::UpstreamUnreachable { .. }
             | Self::UpstreamFailed { .. }
             | Self::UpstreamRejectedKey { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -217,7 +221,7 @@ impl ApiError {
             Self::TokenBusy => {
                 "this token already has a request in flight; wait for it to finish".into()
             }
-            Self::UpstreamUnreachable => "could not reach DeepSeek; try again later".into(),
+            Self::UpstreamUnreachable { .. } => "could not reach DeepSeek; try again later".into(),
             Self::UpstreamTimeout => "DeepSeek did not answer in time; try again later".into(),
             Self::UpstreamFailed { status } => {
                 format!("DeepSeek failed (upstream status {status}); try again later")

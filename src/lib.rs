@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod check;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod upstreams;
 pub mod usage;
 pub mod users;
 

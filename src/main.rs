@@ -52,13 +52,13 @@ enum Command {
     /// Read a password (hidden, or from stdin when piped) and print its
     /// Argon2id hash for `password_hash` in config.toml.
     HashPassword,
-    /// Print totals from the usage ledger named in the config.
     /// Windows only: install, uninstall, start or stop the Windows service
     /// (it runs with this --config; see INSTALL.md).
     Service {
         #[command(subcommand)]
         action: ServiceAction,
     },
+    /// Print totals from the usage ledger named in the config.
     Usage {
         /// How far back: 7d, 12h, 30m.
         #[arg(long, default_value = "7d")]
@@ -79,6 +79,16 @@ enum Command {
     },
     /// Ask every gateway using this config's database to re-read its config.
     Reload,
+    /// Check each upstream (DNS, TCP, TLS, key, balance, one tiny request
+    /// per format); exits 1 if any check fails. Never prints a key.
+    Check {
+        /// Print one JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Check the built-in fake DeepSeek (same as `--demo check`).
+        #[arg(long)]
+        demo: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,6 +223,9 @@ fn main() -> ExitCode {
             return users::cli::run(&cli.config, action);
         }
         Some(Command::Reload) => return users::cli::run(&cli.config, Action::Reload),
+        Some(Command::Check { json, demo }) => {
+            return deepseek_proxy::check::command(&cli.config, cli.demo || demo, json)
+        }
         None => {}
     }
     // Config errors are reported before anything binds a port (on stderr,
@@ -232,9 +245,10 @@ fn main() -> ExitCode {
     telemetry::init(config.server.log_format);
     match run_gateway(config, cli.demo, shutdown_signal) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err((e, config_problem)) => {
             eprintln!("deepseek_proxy: {e}");
-            ExitCode::FAILURE
+            // 2: a restart cannot fix it (no users, a name defined twice).
+            ExitCode::from(if config_problem { 2 } else { 1 })
         }
     }
 }
@@ -279,19 +293,23 @@ fn user_action(command: UserCommand) -> Result<Action, String> {
 
 /// Serves until the future from `shutdown` (made inside the runtime, so
 /// signal handlers exist before the port is bound) resolves, then drains.
-fn run_gateway<F, S>(config: Config, demo: bool, shutdown: F) -> Result<(), String>
+/// Errors say whether they are config problems (`InvalidInput`).
+fn run_gateway<F, S>(config: Config, demo: bool, shutdown: F) -> Result<(), (String, bool)>
 where
     F: FnOnce() -> std::io::Result<S>,
     S: std::future::Future<Output = ()> + Send + 'static,
 {
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| (format!("cannot start the runtime: {e}"), false))?;
     runtime
         .block_on(async move {
             let shutdown = shutdown()?;
             serve(config, demo, shutdown).await
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            let config_problem = e.kind() == std::io::ErrorKind::InvalidInput;
+            (e.to_string(), config_problem)
+        })
 }
 
 #[cfg(windows)]
@@ -345,9 +363,13 @@ fn run_service(config_path: &Path, stop: deepseek_proxy::service::StopSignal) ->
     stop.set_grace(config.server.shutdown_grace);
     match run_gateway(config, false, move || Ok(stop.stopped())) {
         Ok(()) => 0,
-        Err(e) => {
+        Err((e, config_problem)) => {
             tracing::error!("{e}");
-            1
+            if config_problem {
+                2
+            } else {
+                1
+            }
         }
     }
 }

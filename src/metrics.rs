@@ -4,7 +4,8 @@
 //! are the finest grain.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::usage::Usage;
@@ -32,6 +33,11 @@ pub struct Metrics {
     in_flight: IntGauge,
     ledger_queue: IntGauge,
     ledger_dropped: IntGauge,
+    /// Answers (and failures, status 0) per upstream.
+    pub upstream_requests: IntCounterVec,
+    upstream_healthy: IntGaugeVec,
+    /// Requests in flight per upstream and model (see `upstreams::Place`).
+    pub upstream_in_flight: IntGaugeVec,
 }
 
 /// One finished request, as the access log saw it.
@@ -63,6 +69,11 @@ impl Metrics {
             let h = HistogramVec::new(opts, &["route"]).expect("valid metric");
             let _ = registry.register(Box::new(h.clone()));
             h
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            let _ = registry.register(Box::new(g.clone()));
+            g
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -117,6 +128,21 @@ impl Metrics {
                 "ledger_dropped_rows",
                 "Usage rows dropped because the queue was full (since start).",
             ),
+            upstream_requests: counter(
+                "upstream_requests_total",
+                "Attempts per upstream by the status it answered (0: no answer).",
+                &["upstream", "status"],
+            ),
+            upstream_healthy: gauges(
+                "upstream_healthy",
+                "1 when the upstream's breaker is closed and it is not benched.",
+                &["upstream"],
+            ),
+            upstream_in_flight: gauges(
+                "upstream_in_flight",
+                "Requests in flight per upstream and served model.",
+                &["upstream", "model"],
+            ),
             registry,
         }
     }
@@ -163,8 +189,19 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn render(&self, in_flight: usize, ledger_queue: usize, ledger_dropped: u64) -> String {
+    pub fn render(
+        &self,
+        in_flight: usize,
+        ledger_queue: usize,
+        ledger_dropped: u64,
+        upstreams_healthy: &[(&str, bool)],
+    ) -> String {
         let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (name, healthy) in upstreams_healthy {
+            self.upstream_healthy
+                .with_label_values(&[name])
+                .set(i64::from(*healthy));
+        }
         self.in_flight.set(clamp(in_flight as u64));
         self.ledger_queue.set(clamp(ledger_queue as u64));
         self.ledger_dropped.set(clamp(ledger_dropped));

@@ -44,7 +44,53 @@ impl Fingerprint {
                     crate::config::StateBackend::Redis(_) => "redis".into(),
                 },
             ),
+            (
+                "server.max_body_bytes",
+                config.server.max_body_bytes.to_string(),
+            ),
+            (
+                "server.max_header_bytes",
+                config.server.max_header_bytes.to_string(),
+            ),
+            (
+                "server.timeouts",
+                format!(
+                    "{:?} {:?} {:?}",
+                    config.server.header_read_timeout,
+                    config.server.body_read_timeout,
+                    config.server.shutdown_grace
+                ),
+            ),
+            (
+                "server.trusted_proxies",
+                format!("{:?}", config.server.trusted_proxies),
+            ),
+            (
+                "server.log_format",
+                format!("{:?}", config.server.log_format),
+            ),
+            (
+                "auth.token_ttl_seconds",
+                config.auth.token_ttl.as_secs().to_string(),
+            ),
+            (
+                "auth.login_cache_seconds",
+                config.auth.login_cache.as_secs().to_string(),
+            ),
+            (
+                "auth.login_max_failures_*",
+                format!("{:?}", config.auth.throttle),
+            ),
             ("storage", config.storage.describe()),
+            (
+                "deepseek.timeouts",
+                format!(
+                    "{:?} {:?}",
+                    config.upstream.timeout, config.upstream.max_request
+                ),
+            ),
+            ("upstreams", format!("{:?}", fingerprint_upstreams(config))),
+            ("routing", format!("{:?}", config.routing)),
             ("deepseek.base_url", config.upstream.base_url.to_string()),
             (
                 "deepseek.api_key",
@@ -72,6 +118,46 @@ impl Fingerprint {
     }
 }
 
+/// The `[[upstreams]]` without their keys (those are digested above for
+/// `[deepseek]`, and an upstream key change shows as a changed digest here).
+fn fingerprint_upstreams(config: &Config) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let sum = ring::digest::digest(
+                &ring::digest::SHA256,
+                u.config.api_key.expose_secret().as_bytes(),
+            );
+            format!(
+                "{} {} {} {} {:?} {:?} {:?} {} {}",
+                u.name,
+                u.config.base_url,
+                u.priority,
+                u.weight,
+                {
+                    let mut f: Vec<_> = u.formats.iter().collect();
+                    f.sort();
+                    f
+                },
+                u.models.as_ref().map(|m| {
+                    let mut m: Vec<_> = m.iter().collect();
+                    m.sort();
+                    m
+                }),
+                {
+                    let mut r: Vec<_> = u.rename.iter().collect();
+                    r.sort();
+                    r
+                },
+                u.max_in_flight,
+                crate::users::keys::hex(&sum.as_ref()[..8]),
+            )
+        })
+        .collect()
+}
+
 /// What a reload did.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -91,7 +177,7 @@ pub async fn reload(state: &AppState) -> Result<Report, String> {
     let mut needs_restart = state.started_with.changed(&Fingerprint::of(&config));
     if source.demo {
         // --demo points the upstream at its built-in fake after loading.
-        needs_restart.retain(|key| !key.starts_with("deepseek."));
+        needs_restart.retain(|key| !key.starts_with("deepseek.") && *key != "upstreams");
     }
     let cors = config.server.cors_allowed_origins.clone();
     // The JWT secret changes only with a restart, and the user_id

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/usage", get(admin::usage))
         .route("/admin/requests", get(admin::requests))
         .route("/admin/active", get(admin::active))
+        .route("/admin/upstreams", get(admin::upstreams))
         .route("/v1/usage/me", get(admin::me))
         .route(
             "/v1/keys",

@@ -13,9 +13,9 @@ use crate::client_ip::IpNet;
 use crate::config::{Config, ConfigSource};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::proxy::Upstream;
 use crate::reload::Fingerprint;
 use crate::store::{self, Store, StoreSettings};
+use crate::upstreams::Upstreams;
 use crate::users::directory::Base;
 use crate::users::Directory;
 
@@ -42,7 +42,8 @@ pub struct Inner {
     pub token_ttl: Duration,
     /// Slots, login cache, revocations, failure counters: memory or Redis.
     pub store: Arc<dyn Store>,
-    pub upstream: Upstream,
+    /// Where requests go (`[deepseek]`, or the `[[upstreams]]`).
+    pub upstreams: Upstreams,
     pub ledger: Ledger,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
@@ -71,7 +72,8 @@ impl AppState {
     /// the ledger's database. Fails if the HTTP client cannot be built (for
     /// example, no TLS roots), or on a user defined twice, or nobody at all.
     pub async fn new(config: Config, ledger: Ledger) -> Result<Self, String> {
-        let upstream = Upstream::new(&config.upstream)?;
+        let metrics = Metrics::new();
+        let upstreams = Upstreams::new(&config.upstreams, &config.routing, &metrics)?;
         let started_with = Fingerprint::of(&config);
         let store = store::select(
             &config.state,
@@ -94,9 +96,9 @@ impl AppState {
             jwt,
             token_ttl,
             store,
-            upstream,
+            upstreams,
             ledger,
-            metrics: Metrics::new(),
+            metrics,
             max_body_bytes,
             body_read_timeout,
             trusted_proxies,

@@ -72,7 +72,8 @@ pub async fn login(
 
     // A fresh token is signed every time (microseconds); the store decides
     // whether the cached one is handed out instead.
-    let now = unix_now();
+    // Never dated before a password change (which ends older tokens).
+    let now = unix_now().max(account.tokens_valid_after);
     let (token, claims) = state
         .jwt
         .issue(&account.username, now, state.token_ttl.as_secs());

@@ -21,10 +21,12 @@ use crate::telemetry::LogFormat;
 
 mod models;
 mod upstream;
+mod upstreams;
 
 pub use models::{Alias, Models, Thinking};
 use upstream::RawDeepSeek;
 pub use upstream::{UpstreamConfig, UserIdMode};
+pub use upstreams::{RoutingConfig, UpstreamEntry, FORMAT_NAMES};
 
 /// The sample secret from the seed README: never accepted as a real secret.
 pub const SAMPLE_JWT_SECRET: &str = "your-secret-key-change-in-production";
@@ -62,6 +64,10 @@ pub struct RawConfig {
     quotas: RawQuotas,
     #[serde(default)]
     models: models::RawModels,
+    #[serde(default)]
+    upstreams: Vec<upstreams::RawUpstream>,
+    #[serde(default)]
+    routing: upstreams::RawRouting,
 }
 
 /// `[quotas]`: every user's limits unless their `[[auth.users]]` entry
@@ -268,7 +274,13 @@ struct RawUser {
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    /// `[deepseek]`: the timeouts and `user_id` of every upstream, and the
+    /// one upstream when there are no `[[upstreams]]`.
     pub upstream: UpstreamConfig,
+    /// Where requests may go, in config order (`[deepseek]` alone, or the
+    /// `[[upstreams]]` tables).
+    pub upstreams: Vec<UpstreamEntry>,
+    pub routing: RoutingConfig,
     pub state: StateConfig,
     pub storage: StorageConfig,
     /// Model aliases.
@@ -566,6 +578,13 @@ impl RawConfig {
             max_concurrent: q.max_concurrent,
         };
         let auth = self.auth.validate(env, defaults, &mut warnings)?;
+        let many = !self.upstreams.is_empty();
+        let upstream = self.deepseek.validate(env, !many)?;
+        let upstreams = if many {
+            upstreams::validate(self.upstreams, &upstream, env)?
+        } else {
+            vec![upstreams::single(&upstream)]
+        };
         let state = self.state.validate(env)?;
         // Replicas must verify each other's tokens, and the shared login
         // cache hands out tokens another process signed: one fixed secret.
@@ -579,7 +598,9 @@ impl RawConfig {
         Ok(Config {
             server: self.server.validate()?,
             auth,
-            upstream: self.deepseek.validate(env)?,
+            upstreams,
+            routing: self.routing.validate()?,
+            upstream,
             state,
             storage: self.storage.validate(env)?,
             models: self.models.validate()?,

@@ -64,11 +64,17 @@ pub enum UserIdMode {
 }
 
 impl RawDeepSeek {
-    pub(super) fn validate(self, env: Env<'_>) -> Result<UpstreamConfig, ConfigError> {
+    /// `key_required`: false when `[[upstreams]]` tables carry the keys.
+    pub(super) fn validate(
+        self,
+        env: Env<'_>,
+        key_required: bool,
+    ) -> Result<UpstreamConfig, ConfigError> {
         let api_key = Some(self.api_key)
             .filter(|k| !k.trim().is_empty())
             .or_else(|| env("OPENAI_API_KEY"))
             .or_else(|| env("DEEPSEEK_API_KEY"))
+            .or_else(|| (!key_required).then(String::new))
             .ok_or_else(|| {
                 invalid(
                     "deepseek.api_key",
@@ -121,7 +127,14 @@ impl RawDeepSeek {
 
 /// The certificates in a PEM file; none for an empty path.
 fn read_roots(path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let key = "deepseek.ca_file";
+    read_roots_for("deepseek.ca_file", path)
+}
+
+/// The certificates in a PEM file, errors naming `key`.
+pub(super) fn read_roots_for(
+    key: &str,
+    path: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     if path.is_empty() {
         return Ok(Vec::new());
     }
@@ -138,7 +151,11 @@ fn read_roots(path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
 }
 
 fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
-    let key = "deepseek.base_url";
+    parse_base_url_for("deepseek.base_url", text)
+}
+
+/// A validated base URL (DeepSeek's root), errors naming `key`.
+pub(super) fn parse_base_url_for(key: &str, text: &str) -> Result<Url, ConfigError> {
     let mut url = Url::parse(text.trim()).map_err(|e| {
         invalid(
             key,

@@ -39,6 +39,10 @@ pub struct UsageRecord {
     pub token_id: String,
     /// The personal API key's id (never the key), when one was used.
     pub key_id: Option<String>,
+    /// The upstream that answered (or the last one tried).
+    pub upstream: Option<String>,
+    /// How many upstreams were tried.
+    pub attempts: Option<i64>,
     pub route: String,
     /// The wire format: chat, fim, responses, anthropic or tools.
     pub format: String,

@@ -75,6 +75,9 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO directory_version (id, version, reload) VALUES (1, 0, 0);
     ALTER TABLE usage_log ADD COLUMN key_id TEXT",
+    // 4: which upstream served each request, after how many tries.
+    "ALTER TABLE usage_log ADD COLUMN upstream TEXT;
+    ALTER TABLE usage_log ADD COLUMN attempts BIGINT",
 ];
 
 pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
@@ -112,9 +115,9 @@ pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
 const INSERT_INTO: &str = "INSERT INTO usage_log (request_id, ts_ms, username, token_id, route, \
     model, stream, status, upstream_status, error_code, prompt_tokens, completion_tokens, \
     cached_tokens, reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
-    bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, key_id) VALUES ";
-const COLUMNS: usize = 26;
-/// Rows per INSERT statement: 1,300 parameters, within both SQLite's and
+    bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, key_id, upstream, attempts) VALUES ";
+const COLUMNS: usize = 28;
+/// Rows per INSERT statement: 1,400 parameters, within both SQLite's and
 /// PostgreSQL's limits. One statement per chunk, not per row, because with
 /// SQLite each statement is a round trip to sqlx's database thread.
 const ROWS_PER_STATEMENT: usize = 50;
@@ -189,7 +192,9 @@ pub async fn insert(pool: &AnyPool, sqlite: bool, rows: &[UsageRecord]) -> Resul
                 .bind(r.requested_model.clone())
                 .bind(r.cache_miss_tokens)
                 .bind(i64::from(r.billable))
-                .bind(r.key_id.clone());
+                .bind(r.key_id.clone())
+                .bind(r.upstream.clone())
+                .bind(r.attempts);
         }
         query.execute(&mut *tx).await?;
     }
@@ -297,7 +302,7 @@ pub async fn recent(
          upstream_status, error_code, prompt_tokens, completion_tokens, cached_tokens, \
          reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
          bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, \
-         key_id FROM usage_log \
+         key_id, upstream, attempts FROM usage_log \
          WHERE ($1 = '' OR username = $2) ORDER BY ts_ms DESC LIMIT $3",
     )
     .bind(user.clone())
@@ -334,6 +339,8 @@ pub async fn recent(
                 cache_miss_tokens: r.try_get("cache_miss_tokens")?,
                 billable: r.try_get::<i64, _>("billable")? != 0,
                 key_id: r.try_get("key_id")?,
+                upstream: r.try_get("upstream")?,
+                attempts: r.try_get("attempts")?,
             })
         })
         .collect()

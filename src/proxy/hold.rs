@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use crate::active::ActiveGuard;
 use crate::limits::quota::Permit;
 use crate::store::Lease;
+use crate::upstreams::Place;
 use crate::usage::Usage;
 
 #[derive(Default, Debug)]
@@ -15,6 +16,9 @@ pub struct Hold {
     pub slot: Option<Lease>,
     pub charge: Option<Charge>,
     pub active: Option<ActiveGuard>,
+    /// The request's place at the upstream that serves it (its
+    /// `max_in_flight`).
+    pub place: Option<Place>,
 }
 
 /// A quota permit and how to charge it when the request ends.
@@ -64,6 +68,7 @@ impl Hold {
         estimated_completion: u64,
     ) -> BoxFuture<'static, ()> {
         self.active = None;
+        self.place = None;
         let slot = self.slot.take().map(Lease::release);
         let settled = self.charge.take().map(|charge| {
             let tokens = match usage {

@@ -8,6 +8,7 @@
 //! [`relay`] for how the stream ends, and [`upstream`] for the routes' paths
 //! and how answers are classified.
 
+mod failover;
 pub mod headers;
 pub mod hold;
 mod models;
@@ -106,7 +107,7 @@ slot_route! {
 pub async fn models(token: AuthToken, cx: Context) -> Result<Response, ApiError> {
     cx.log
         .set_request(&Requested::bare(Route::Models), token.token_id);
-    let response = forward(Route::Models, &cx, None, &mut Hold::default()).await?;
+    let response = forward(Route::Models, &cx, None, None, &mut Hold::default()).await?;
     let base = cx.state.directory.snapshot().base.clone();
     Ok(models::with_aliases(response, &base.models).await)
 }
@@ -116,7 +117,7 @@ pub async fn balance(admin: AdminToken, cx: Context) -> Result<Response, ApiErro
     let token = admin.0;
     cx.log
         .set_request(&Requested::bare(Route::Balance), token.token_id);
-    forward(Route::Balance, &cx, None, &mut Hold::default()).await
+    forward(Route::Balance, &cx, None, None, &mut Hold::default()).await
 }
 
 /// `POST /anthropic/v1/messages/count_tokens`: no slot, no quota, no
@@ -131,7 +132,15 @@ pub async fn count_tokens(token: AuthToken, cx: Context, body: Body) -> Result<R
     if !token.may_use(prepared.served.as_deref()) {
         return Err(ApiError::ModelNotAllowed);
     }
-    forward(route, &cx, Some(prepared.body), &mut Hold::default()).await
+    let served = prepared.served.as_deref();
+    forward(
+        route,
+        &cx,
+        Some(prepared.body.clone()),
+        served,
+        &mut Hold::default(),
+    )
+    .await
 }
 
 async fn completion(
@@ -213,8 +222,7 @@ async fn completion(
             served.map(|m| m.chars().take(64).collect()),
             checked.stream,
         ));
-        let body = prepared.body;
-        forward(route, &cx, Some(body), &mut hold).await
+        forward(route, &cx, Some(prepared.body.clone()), served, &mut hold).await
     }
     .await;
     // An error answer goes out only once the slot is free, so a client that
@@ -231,23 +239,20 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Sends the request and relays the answer. What the request holds moves
-/// into the response body only once there is a body to relay.
+/// Sends the request (failing over as `failover` says) and relays the
+/// answer. What the request holds moves into the response body only once
+/// there is a body to relay.
 async fn forward(
     route: Route,
     cx: &Context,
     body: Option<Bytes>,
+    served: Option<&str>,
     hold: &mut Hold,
 ) -> Result<Response, ApiError> {
-    let upstream = &cx.state.upstream;
     let started = Instant::now();
-    let deadline = started + upstream.max_request;
     cx.log.mark_sent();
-    let response = match upstream
-        .send(route, &cx.headers, &cx.request_id.0, body, deadline)
-        .await
-    {
-        Ok(response) => response,
+    let sent = match failover::send(route, cx, body, served, started).await {
+        Ok(sent) => sent,
         Err(e) => {
             // The log line and ledger row say how the upstream failed.
             if let Some(status) = e.upstream_status() {
@@ -261,6 +266,13 @@ async fn forward(
             return Err(e);
         }
     };
+    let failover::Sent {
+        response,
+        place,
+        deadline,
+        idle_timeout,
+    } = sent;
+    hold.place = Some(place);
     cx.log.mark_head();
     let status = response.status();
     cx.log.set_upstream(status.as_u16(), started.elapsed());
@@ -273,7 +285,7 @@ async fn forward(
     let body = RelayBody::new(
         route.format(),
         response.into_body(),
-        upstream.timeout,
+        idle_timeout,
         deadline,
         is_event_stream,
         std::mem::take(hold),

@@ -147,6 +147,8 @@ pub struct Upstream {
     transport: Transport,
     /// `Bearer <key>`, marked sensitive so it never prints through Debug.
     authorization: HeaderValue,
+    /// The root every route's path hangs off.
+    base: Url,
     /// Each route's URL, in [`Route::ALL`] order.
     urls: Vec<Url>,
     /// The request targets (origin form: path and query) of the same URLs,
@@ -231,12 +233,18 @@ impl Upstream {
         Ok(Self {
             transport,
             authorization,
+            base: base.clone(),
             urls,
             targets,
             host,
             timeout: config.timeout,
             max_request: config.max_request,
         })
+    }
+
+    /// DeepSeek's root, as configured (it carries no credentials).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
     }
 
     pub fn url(&self, route: Route) -> &Url {
@@ -288,7 +296,10 @@ impl Upstream {
                     pool.send(request)
                         .await
                         .map(|r| r.map(UpstreamBody::Direct))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| {
+                            let sent = !matches!(e, super::pool::SendError::Connect(_));
+                            (e.to_string(), sent)
+                        })
                 }
                 Transport::Proxied(client) => {
                     let mut request = client.request(method, self.url(route).clone());
@@ -300,7 +311,7 @@ impl Upstream {
                         .send()
                         .await
                         .map(|r| Response::from(r).map(UpstreamBody::Proxied))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| (e.to_string(), !e.is_connect()))
                 }
             }
         };
@@ -309,9 +320,9 @@ impl Upstream {
                 tracing::warn!(?route, "upstream sent no response head in time");
                 Err(ApiError::UpstreamTimeout)
             }
-            Ok(Err(error)) => {
-                tracing::warn!(?route, %error, "upstream request failed");
-                Err(ApiError::UpstreamUnreachable)
+            Ok(Err((error, sent))) => {
+                tracing::warn!(?route, %error, sent, "upstream request failed");
+                Err(ApiError::UpstreamUnreachable { sent })
             }
             Ok(Ok(response)) => classify(route, response),
         }

@@ -56,6 +56,22 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    /// One process: its own breakers are all there is to know.
+    fn bench_upstream<'a>(&'a self, _: &'a str, _: u64) -> BoxFuture<'a, StoreResult<()>> {
+        ready(Ok(())).boxed()
+    }
+
+    fn benched_upstreams<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<u64>>> {
+        ready(Ok(vec![0; names.len()])).boxed()
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     fn acquire(&self, token_id: u128) -> BoxFuture<'_, StoreResult<Acquired>> {
         ready(Ok(self.acquire_now(token_id))).boxed()
     }

@@ -184,6 +184,17 @@ pub trait Store: Send + Sync {
     /// Whether the backend answers now (for `/readyz`).
     fn ready(&self) -> BoxFuture<'_, StoreResult<()>>;
 
+    /// Tells every replica that upstream `name` is out of use for `for_ms`
+    /// (its breaker opened, or its key was refused).
+    fn bench_upstream<'a>(&'a self, name: &'a str, for_ms: u64) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// For each name, how long it stays out of use (ms), as any replica said.
+    fn benched_upstreams<'a>(&'a self, names: &'a [String])
+        -> BoxFuture<'a, StoreResult<Vec<u64>>>;
+
+    /// Whether several processes share this state (health is then synced).
+    fn is_shared(&self) -> bool;
+
     /// Leases held by this process.
     fn in_flight(&self) -> usize;
 }

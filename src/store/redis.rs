@@ -255,6 +255,19 @@ impl RedisStore {
         }
     }
 
+    /// Runs a pipeline with the same bounded wait as [`Self::query`].
+    async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> StoreResult<T> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError(format!("redis: {e}"))),
+            Err(_) => Err(StoreError(format!(
+                "redis did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
     fn throttle_keys(&self, user: &str, ip: IpAddr) -> [String; 3] {
         let user = user_key(user);
         [
@@ -436,6 +449,38 @@ impl Settle for RedisPermit {
 }
 
 impl Store for RedisStore {
+    fn bench_upstream<'a>(&'a self, name: &'a str, for_ms: u64) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let mut set = redis::cmd("SET");
+            set.arg(self.key("upstream:benched", name))
+                .arg(1)
+                .arg("PX")
+                .arg(for_ms.max(1));
+            self.query::<()>(set).await
+        }
+        .boxed()
+    }
+
+    fn benched_upstreams<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<u64>>> {
+        async move {
+            let mut pipe = redis::pipe();
+            for name in names {
+                pipe.cmd("PTTL").arg(self.key("upstream:benched", name));
+            }
+            let ttls: Vec<i64> = self.query_pipe(pipe).await?;
+            // PTTL is -2 for a missing key: not benched.
+            Ok(ttls.into_iter().map(|t| t.max(0) as u64).collect())
+        }
+        .boxed()
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn acquire(&self, token_id: u128) -> BoxFuture<'_, StoreResult<Acquired>> {
         async move {
             let revoked = self.key("revoked", format_args!("{token_id:032x}"));

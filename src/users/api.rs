@@ -13,6 +13,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -24,6 +25,7 @@ use crate::admin::AdminToken;
 use crate::auth::jwt::unix_now;
 use crate::auth::AuthToken;
 use crate::body::read_limited;
+use crate::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -243,12 +245,17 @@ struct PasswordChange {
 /// working; the answer carries a new one.
 pub async fn change_password(
     State(state): State<AppState>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
     token: AuthToken,
     body: Body,
 ) -> Result<Response, ApiError> {
     let change: PasswordChange = json_body(&state, body).await?;
     let snapshot = state.directory.snapshot();
     let account = token.account.clone();
+    // Guessing the old password here is throttled like logging in.
+    if let Some(retry_after_secs) = state.store.begin_login(&account.username, ip).await? {
+        return Err(ApiError::LoginThrottled { retry_after_secs });
+    }
     let old_ok = state
         .passwords
         .verify(
@@ -257,6 +264,10 @@ pub async fn change_password(
             secrecy::SecretString::from(change.old_password),
         )
         .await;
+    state
+        .store
+        .finish_login(&account.username, ip, old_ok)
+        .await?;
     if !old_ok {
         return Err(ApiError::InvalidCredentials);
     }

@@ -373,7 +373,7 @@ pub async fn update_user(
     if let Some(password) = request.password {
         check_password(&password)?;
         row.password_hash = hash_password(password).await?;
-        row.tokens_valid_after = (now_ms() / 1000).max(row.tokens_valid_after);
+        row.tokens_valid_after = valid_after_now().max(row.tokens_valid_after);
     }
     row.updated_ms = now_ms();
     db::update_user(pool, &row).await.map_err(db_failed)?;
@@ -405,9 +405,15 @@ pub async fn set_password(
     let mut row = editable(pool, snapshot, name).await?;
     check_password(&new_password)?;
     row.password_hash = hash_password(new_password).await?;
-    let now_secs = now_ms() / 1000;
-    row.tokens_valid_after = now_secs;
+    row.tokens_valid_after = valid_after_now();
     row.updated_ms = now_ms();
     db::update_user(pool, &row).await.map_err(db_failed)?;
-    Ok(now_secs.max(0) as u64)
+    Ok(row.tokens_valid_after.max(0) as u64)
+}
+
+/// Tokens carry their issue time in whole seconds: every token issued up
+/// to the end of this second ends, and new ones are dated from the next
+/// (see `auth::login`, which issues at `tokens_valid_after` at the earliest).
+fn valid_after_now() -> i64 {
+    now_ms() / 1000 + 1
 }

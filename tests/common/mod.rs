@@ -335,3 +335,174 @@ pub async fn error_code(response: reqwest::Response) -> String {
     assert!(error["code"].is_string(), "code in {body}");
     error["code"].as_str().unwrap_or_default().to_owned()
 }
+
+/// Like [`spawn_app_with`], but the config is written to a file in a fresh
+/// temp dir and read with `Config::load`, so the app knows its source and
+/// `POST /admin/reload` (and SIGHUP) re-read it. Returns the app and the
+/// file's path; rewrite the file with [`config_toml`] and the app's
+/// `fake.base_url()`, `api_key` and `jwt_secret` to change it.
+pub async fn spawn_app_from_file(
+    tweak: impl FnOnce(&mut Settings),
+) -> (TestApp, std::path::PathBuf) {
+    let mut settings = Settings::default();
+    tweak(&mut settings);
+    let fake = FakeDeepSeek::start().await.expect("fake upstream starts");
+    let api_key = format!("sk-test-{}", random_hex());
+    fake.require_key(&api_key);
+    let jwt_secret = settings
+        .jwt_secret
+        .clone()
+        .unwrap_or_else(|| format!("{}{}", random_hex(), random_hex()));
+    let base_url = settings.base_url.clone().unwrap_or_else(|| fake.base_url());
+    let dir = std::env::temp_dir().join(format!("deepseek_proxy-config-{}", random_hex()));
+    std::fs::create_dir_all(&dir).expect("create the config's dir");
+    let path = dir.join("config.toml");
+    let text = config_toml(&settings, &base_url, &api_key, &jwt_secret);
+    std::fs::write(&path, text).expect("write the config");
+    // The same environment a reload reads (`ConfigSource::load`).
+    let config =
+        Config::load(&path, &deepseek_proxy::config::process_env).expect("test config is valid");
+    let app = App::build(config).await.expect("app builds");
+    let addr = app.local_addr().expect("bound");
+    let metrics_addr = app.metrics_addr();
+    let state = app.state();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    let app = TestApp {
+        addr,
+        metrics_addr,
+        base: format!("http://{addr}"),
+        fake,
+        api_key,
+        jwt_secret,
+        state,
+        http: reqwest::Client::new(),
+        shutdown: Some(tx),
+        server,
+    };
+    (app, path)
+}
+
+// --- upstreams helpers ---
+
+/// One `[[upstreams]]` table for [`spawn_upstreams`]: in front of its own
+/// fake (which requires its own key) unless `base_url` overrides it.
+pub struct UpstreamTable {
+    pub name: String,
+    /// Extra lines for the table, e.g. `priority = 1`.
+    pub extra: String,
+    /// Overrides the fake's URL (e.g. [`closed_port_url`]).
+    pub base_url: Option<String>,
+}
+
+impl UpstreamTable {
+    pub fn new(name: &str, extra: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            extra: extra.to_owned(),
+            base_url: None,
+        }
+    }
+
+    /// Points the table at `url` instead of its fake.
+    pub fn at(mut self, url: &str) -> Self {
+        self.base_url = Some(url.to_owned());
+        self
+    }
+}
+
+/// An app with several `[[upstreams]]`, each in front of its own fake.
+pub struct UpstreamsApp {
+    pub app: TestApp,
+    /// One per table, in the tables' order (also for a table whose
+    /// `base_url` was overridden: that fake then sees nothing).
+    pub fakes: Vec<FakeDeepSeek>,
+    /// Each table's key, in order.
+    pub keys: Vec<String>,
+}
+
+/// A URL where nothing listens: a port bound, then released.
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}/v1")
+}
+
+/// Like [`spawn_app_with`], but with `tables` as `[[upstreams]]` (each with
+/// its own fake and key) and `routing` as the `[routing]` lines. `[deepseek]`
+/// keeps the timeouts (`Settings::timeout_seconds`) and has no key.
+pub async fn spawn_upstreams(
+    tables: Vec<UpstreamTable>,
+    routing: &str,
+    tweak: impl FnOnce(&mut Settings),
+) -> UpstreamsApp {
+    let mut settings = Settings::default();
+    tweak(&mut settings);
+    let mut fakes = Vec::new();
+    let mut keys = Vec::new();
+    let mut text_tables = String::new();
+    for table in &tables {
+        let fake = FakeDeepSeek::start().await.expect("fake upstream starts");
+        let key = format!("sk-{}-{}", table.name, random_hex());
+        fake.require_key(&key);
+        let base_url = table.base_url.clone().unwrap_or_else(|| fake.base_url());
+        text_tables.push_str(&format!(
+            "\n[[upstreams]]\nname = \"{}\"\nbase_url = \"{base_url}\"\napi_key = \"{key}\"\n{}\n",
+            table.name, table.extra
+        ));
+        fakes.push(fake);
+        keys.push(key);
+    }
+    let jwt_secret = settings
+        .jwt_secret
+        .clone()
+        .unwrap_or_else(|| format!("{}{}", random_hex(), random_hex()));
+    let mut text = config_toml(&settings, &fakes[0].base_url(), "", &jwt_secret);
+    text.push_str(&text_tables);
+    text.push_str(&format!("\n[routing]\n{routing}\n"));
+    let no_env = |_: &str| None;
+    let config = Config::from_toml(&text, &no_env)
+        .unwrap_or_else(|e| panic!("test config is valid: {e}\n{text}"));
+    let app = App::build(config).await.expect("app builds");
+    let addr = app.local_addr().expect("bound");
+    let metrics_addr = app.metrics_addr();
+    let state = app.state();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    let app = TestApp {
+        addr,
+        metrics_addr,
+        base: format!("http://{addr}"),
+        fake: fakes[0].clone(),
+        api_key: keys[0].clone(),
+        jwt_secret,
+        state,
+        http: reqwest::Client::new(),
+        shutdown: Some(tx),
+        server,
+    };
+    UpstreamsApp { app, fakes, keys }
+}
+
+/// The ledger row of the request with `request_id` (the response's
+/// `x-request-id`), waiting up to 5 s for it to be written.
+pub async fn ledger_row(app: &TestApp, request_id: &str) -> deepseek_proxy::ledger::UsageRecord {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        app.state.ledger.flush().await;
+        let rows = app.state.ledger.recent(None, 5000).await.expect("recent");
+        if let Some(row) = rows.into_iter().find(|r| r.request_id == request_id) {
+            return row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ledger row for {request_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
