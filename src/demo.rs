@@ -19,6 +19,7 @@ jwt_secret = ""
 [[auth.users]]
 username = "admin"
 password = "admin123"
+role = "admin"
 
 [[auth.users]]
 username = "user1"
