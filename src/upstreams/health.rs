@@ -118,12 +118,30 @@ impl Health {
         }
     }
 
+    /// An answer came (any status the request itself caused): the upstream
+    /// works, and so does its key.
     pub fn succeeded(&self) {
         let mut h = self.lock();
+        h.benched_until = None;
         h.state = State::Closed;
         h.failures = 0;
         h.open_until = None;
         h.probing = false;
+    }
+
+    /// The background probe (`GET /models`) succeeded: the key works, so a
+    /// key bench is lifted; an open breaker closes only once its cooldown
+    /// is over (the model list can answer while completions fail).
+    pub fn probe_succeeded(&self) {
+        let now = Instant::now();
+        let mut h = self.lock();
+        h.benched_until = None;
+        let cooled = h.open_until.map_or(true, |t| t <= now);
+        if h.state != State::Open || cooled {
+            h.state = State::Closed;
+            h.failures = 0;
+            h.open_until = None;
+        }
     }
 
     /// A failure that says nothing about the key (connect, 5xx, 429).

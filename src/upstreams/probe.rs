@@ -27,7 +27,9 @@ pub fn start(state: WeakState, every: Duration) {
                     .send(Route::Models, &HeaderMap::new(), &id, None, deadline)
                     .await;
                 match answer {
-                    Ok(response) if response.status().is_success() => member.health.succeeded(),
+                    Ok(response) if response.status().is_success() => {
+                        member.health.probe_succeeded()
+                    }
                     Ok(response) => {
                         member.health.failed(response.status().as_str());
                     }
