@@ -53,6 +53,7 @@ fn invalid(key: &str, problem: impl fmt::Display) -> ConfigError {
 pub struct RawConfig {
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
     deepseek: RawDeepSeek,
@@ -225,6 +226,21 @@ struct RawAuth {
 
 fn default_true() -> bool {
     true
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            jwt_secret: String::new(),
+            token_ttl_seconds: default_token_ttl(),
+            login_cache_seconds: default_login_cache(),
+            login_max_failures_per_minute: default_failures_per_minute(),
+            login_max_failures_per_hour: default_failures_per_hour(),
+            login_max_failures_per_ip_per_minute: default_ip_failures_per_minute(),
+            users: Vec::new(),
+            api_keys: true,
+        }
+    }
 }
 
 fn default_failures_per_minute() -> u32 {
@@ -1004,6 +1020,9 @@ mod tests {
         // (the gateway refuses to start when there are none anywhere).
         let none = "[auth]\njwt_secret = \"\"\n";
         assert!(Config::from_toml(none, &env_with_key).is_ok());
+        // Nor is an [auth] section needed at all.
+        let empty = Config::from_toml("", &env_with_key).expect("valid");
+        assert!(empty.auth.users.is_empty() && empty.auth.api_keys);
     }
 
     #[test]
