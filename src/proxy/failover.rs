@@ -76,6 +76,13 @@ pub async fn send(
         if attempts == tries || Instant::now() >= deadline {
             break;
         }
+        let admit = member.health.admit();
+        if admit == Admit::No && !plan.forced {
+            continue;
+        }
+        // Taken before anything else can skip this upstream: dropping it
+        // (any `continue` below, or the client leaving) frees the probe.
+        let mut probing = Probing((admit == Admit::Probe).then_some(member.as_ref()));
         // Full (its max_in_flight for this model): the next one, no try spent.
         let Some(mut place) = member.take_place(served) else {
             continue;
@@ -97,11 +104,6 @@ pub async fn send(
                 Admission::Refused(_) => continue,
             }
         }
-        let admit = member.health.admit();
-        if admit == Admit::No && !plan.forced {
-            continue;
-        }
-        let mut probing = Probing((admit == Admit::Probe).then_some(member.as_ref()));
         attempts += 1;
         cx.log.set_served_by(&member.name, attempts as u32);
         let body = body.as_ref().map(|b| renamed(member, served, b));
