@@ -75,6 +75,9 @@ pub struct Target {
     /// Longest wait for an answer (and, capped at 10 s, for DNS, a
     /// connection or a handshake).
     pub timeout: Duration,
+    /// The model the tiny requests name, as this host knows it: Flash
+    /// unless the upstream lists other models, then its rename if any.
+    pub model: String,
 }
 
 /// The upstreams in `config`: today the `[deepseek]` section, named
@@ -95,6 +98,7 @@ pub fn targets(config: &Config) -> Vec<Target> {
                 .collect(),
             extra_roots: entry.config.extra_roots.clone(),
             timeout: entry.config.timeout,
+            model: probe_model(entry),
         })
         .collect()
 }
@@ -576,7 +580,7 @@ impl Probe<'_> {
     /// One tiny request in `format`.
     async fn format(&self, format: Format) -> Row {
         let name = format_name(format);
-        let (route, body) = probe_request(format);
+        let (route, body) = probe_request_for(format, &self.target.model);
         let started = Instant::now();
         let answer = self.send(route, Some(body)).await;
         let ms = ms(started);
@@ -592,26 +596,46 @@ impl Probe<'_> {
     }
 }
 
+/// The served model a check asks for, renamed as the upstream names it.
+fn probe_model(entry: &crate::config::UpstreamEntry) -> String {
+    let served = match &entry.models {
+        Some(models) if !models.contains(PROBE_MODEL) => {
+            let mut models: Vec<&String> = models.iter().collect();
+            models.sort();
+            models
+                .first()
+                .map_or(PROBE_MODEL.to_owned(), |m| (*m).clone())
+        }
+        _ => PROBE_MODEL.to_owned(),
+    };
+    entry.rename.get(&served).cloned().unwrap_or(served)
+}
+
 /// The smallest request of a format: one output token, thinking off where
 /// the format has thinking (FIM has none), no stream.
 pub fn probe_request(format: Format) -> (Route, Value) {
+    probe_request_for(format, PROBE_MODEL)
+}
+
+/// The same, naming `model`.
+pub fn probe_request_for(format: Format, model: &str) -> (Route, Value) {
     let ping = json!([{"role": "user", "content": "ping"}]);
     let (route, mut body) = match format {
         Format::Chat => (
             Route::Chat,
-            json!({"model": PROBE_MODEL, "messages": ping, "max_tokens": 1}),
+            json!({"model": model, "messages": ping, "max_tokens": 1}),
         ),
         Format::Fim => (
             Route::BetaCompletions,
-            json!({"model": PROBE_MODEL, "prompt": "def ping(", "max_tokens": 1}),
+            json!({"model": model, "prompt": "def ping(", "max_tokens": 1}),
         ),
         Format::Responses => (
             Route::Responses,
-            json!({"model": PROBE_MODEL, "input": "ping", "max_output_tokens": 1}),
+            json!({"model": model, "input": "ping", "max_output_tokens": 1}),
         ),
         Format::Anthropic => (
             Route::Messages,
-            json!({"model": PROBE_MODEL, "messages": ping, "max_tokens": 1}),
+            json!({"model": model, "messages": ping, "max_tokens": 1}),
         ),
         Format::Search => return (Route::ToolSearch, json!({"query": "deepseek"})),
         Format::Fetch => return (Route::ToolFetch, json!({"url": "https://api.deepseek.com"})),

@@ -156,6 +156,19 @@ fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
 
 /// A validated base URL (DeepSeek's root), errors naming `key`.
 pub(super) fn parse_base_url_for(key: &str, text: &str) -> Result<Url, ConfigError> {
+    let mut url = parse_prefix_for(key, text)?;
+    // The seed's `https://api.deepseek.com/v1` still works: DeepSeek's
+    // paths hang off its root, so a trailing `/v1` is dropped; any other
+    // prefix (a proxy's `/deepseek`, say) is kept.
+    let path = url.path();
+    let path = path.strip_suffix("/v1").unwrap_or(path).to_owned();
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// A validated URL prefix, kept as written but for a trailing `/`: an
+/// `[[upstreams]]` host's paths hang off exactly it (vLLM's `/v1`, say).
+pub(super) fn parse_prefix_for(key: &str, text: &str) -> Result<Url, ConfigError> {
     let mut url = Url::parse(text.trim()).map_err(|e| {
         invalid(
             key,
@@ -177,11 +190,7 @@ pub(super) fn parse_base_url_for(key: &str, text: &str) -> Result<Url, ConfigErr
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid(key, "must not have a query or fragment"));
     }
-    // The seed's `https://api.deepseek.com/v1` still works: DeepSeek's
-    // paths hang off its root, so a trailing `/v1` is dropped; any other
-    // prefix (a proxy's `/deepseek`, say) is kept.
-    let path = url.path().trim_end_matches('/');
-    let path = path.strip_suffix("/v1").unwrap_or(path).to_owned();
+    let path = url.path().trim_end_matches('/').to_owned();
     url.set_path(&path);
     Ok(url)
 }

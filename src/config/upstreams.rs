@@ -22,7 +22,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::upstream::{parse_base_url_for, read_roots_for, UpstreamConfig};
+use super::upstream::{parse_prefix_for, read_roots_for, UpstreamConfig};
 use super::{invalid, ConfigError, Env};
 
 /// The formats an upstream can serve, as named in the config.
@@ -258,7 +258,9 @@ pub(super) fn validate(
             name,
             config: UpstreamConfig {
                 api_key: SecretString::from(key),
-                base_url: parse_base_url_for(&at("base_url"), &up.base_url)?,
+                // Kept as written: DeepSeek's is `https://api.deepseek.com`,
+                // an OpenAI-style host's (vLLM, SGLang) ends in `/v1`.
+                base_url: parse_prefix_for(&at("base_url"), &up.base_url)?,
                 timeout: shared.timeout,
                 max_request: shared.max_request,
                 extra_roots: read_roots_for(&at("ca_file"), up.ca_file.trim())?,
