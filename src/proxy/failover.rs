@@ -119,7 +119,9 @@ pub async fn send(
                 metrics
                     .with_label_values(&[&member.name, status.as_str()])
                     .inc();
-                member.health.succeeded();
+                if member.health.succeeded() {
+                    tell_other_replicas(cx, member, Duration::ZERO);
+                }
                 return Ok(Sent {
                     response,
                     place,

@@ -185,7 +185,7 @@ pub trait Store: Send + Sync {
     fn ready(&self) -> BoxFuture<'_, StoreResult<()>>;
 
     /// Tells every replica that upstream `name` is out of use for `for_ms`
-    /// (its breaker opened, or its key was refused).
+    /// (its breaker opened, or its key was refused), or back in use (0).
     fn bench_upstream<'a>(&'a self, name: &'a str, for_ms: u64) -> BoxFuture<'a, StoreResult<()>>;
 
     /// For each name, how long it stays out of use (ms), as any replica said.

@@ -451,11 +451,14 @@ impl Settle for RedisPermit {
 impl Store for RedisStore {
     fn bench_upstream<'a>(&'a self, name: &'a str, for_ms: u64) -> BoxFuture<'a, StoreResult<()>> {
         async move {
+            let key = self.key("upstream:benched", name);
+            if for_ms == 0 {
+                let mut del = redis::cmd("DEL");
+                del.arg(key);
+                return self.query::<()>(del).await;
+            }
             let mut set = redis::cmd("SET");
-            set.arg(self.key("upstream:benched", name))
-                .arg(1)
-                .arg("PX")
-                .arg(for_ms.max(1));
+            set.arg(key).arg(1).arg("PX").arg(for_ms);
             self.query::<()>(set).await
         }
         .boxed()

@@ -30,6 +30,8 @@ struct Inner {
     benched_until: Option<Instant>,
     /// A half-open probe is in flight.
     probing: bool,
+    /// The bench came from another replica (and ends when theirs does).
+    remote: bool,
     last_error: Option<String>,
 }
 
@@ -69,6 +71,7 @@ impl Health {
                 open_until: None,
                 benched_until: None,
                 probing: false,
+                remote: false,
                 last_error: None,
             }),
             failures_to_open: failures_to_open.max(1),
@@ -120,28 +123,38 @@ impl Health {
 
     /// An answer came (any status the request itself caused): the upstream
     /// works, and so does its key.
-    pub fn succeeded(&self) {
+    /// True when that lifted a bench or closed the breaker (other replicas
+    /// are then told).
+    pub fn succeeded(&self) -> bool {
+        let now = Instant::now();
         let mut h = self.lock();
+        let lifted = h.benched_until.is_some_and(|t| now < t) || h.state != State::Closed;
         h.benched_until = None;
+        h.remote = false;
         h.state = State::Closed;
         h.failures = 0;
         h.open_until = None;
         h.probing = false;
+        lifted
     }
 
     /// The background probe (`GET /models`) succeeded: the key works, so a
     /// key bench is lifted; an open breaker closes only once its cooldown
     /// is over (the model list can answer while completions fail).
-    pub fn probe_succeeded(&self) {
+    pub fn probe_succeeded(&self) -> bool {
         let now = Instant::now();
         let mut h = self.lock();
+        let mut lifted = h.benched_until.is_some_and(|t| now < t);
         h.benched_until = None;
+        h.remote = false;
         let cooled = h.open_until.map_or(true, |t| t <= now);
         if h.state != State::Open || cooled {
+            lifted |= h.state != State::Closed;
             h.state = State::Closed;
             h.failures = 0;
             h.open_until = None;
         }
+        lifted
     }
 
     /// A failure that says nothing about the key (connect, 5xx, 429).
@@ -168,17 +181,27 @@ impl Health {
         let mut h = self.lock();
         h.last_error = Some(error.chars().take(200).collect());
         h.benched_until = Some(now + self.auth_cooldown);
+        h.remote = false;
         h.probing = false;
         self.auth_cooldown
     }
 
-    /// Another replica benched this upstream for `for_ms` (its breaker
-    /// opened or its key was refused there).
-    pub fn bench_for(&self, for_ms: u64) {
-        let until = Instant::now() + Duration::from_millis(for_ms);
+    /// What the replicas' shared state says: benched for `for_ms` more
+    /// (another replica's breaker opened or its key was refused), or not
+    /// at all (0: a bench that came from there is lifted).
+    pub fn shared_bench(&self, for_ms: u64) {
         let mut h = self.lock();
+        if for_ms == 0 {
+            if h.remote {
+                h.benched_until = None;
+                h.remote = false;
+            }
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(for_ms);
         if h.benched_until.map_or(true, |t| t < until) {
             h.benched_until = Some(until);
+            h.remote = true;
             h.last_error
                 .get_or_insert_with(|| "benched by another replica".into());
         }

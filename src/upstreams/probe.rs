@@ -28,21 +28,38 @@ pub fn start(state: WeakState, every: Duration) {
                     .await;
                 match answer {
                     Ok(response) if response.status().is_success() => {
-                        member.health.probe_succeeded()
+                        if member.health.probe_succeeded() {
+                            share(&state, &member.name, 0).await;
+                        }
                     }
                     Ok(response) => {
-                        member.health.failed(response.status().as_str());
+                        if let Some(benched) = member.health.failed(response.status().as_str()) {
+                            share(&state, &member.name, benched.as_millis() as u64).await;
+                        }
                     }
                     Err(e @ ApiError::UpstreamRejectedKey { .. }) => {
-                        member.health.refused_key(e.code());
+                        let benched = member.health.refused_key(e.code());
+                        share(&state, &member.name, benched.as_millis() as u64).await;
                     }
                     Err(e) => {
-                        member.health.failed(e.code());
+                        if let Some(benched) = member.health.failed(e.code()) {
+                            share(&state, &member.name, benched.as_millis() as u64).await;
+                        }
                     }
                 }
             }
         }
     });
+}
+
+/// Tells the other replicas (with shared state) that `name` is benched for
+/// `for_ms`, or no longer (0).
+async fn share(state: &crate::state::AppState, name: &str, for_ms: u64) {
+    if state.store.is_shared() {
+        if let Err(e) = state.store.bench_upstream(name, for_ms).await {
+            tracing::warn!(error = %e, upstream = %name, "cannot share an upstream's health");
+        }
+    }
 }
 
 /// How often a replica reads the health other replicas shared.
@@ -62,9 +79,7 @@ pub fn sync(state: WeakState) {
             match state.store.benched_upstreams(&names).await {
                 Ok(benched) => {
                     for (member, ms) in members.iter().zip(benched) {
-                        if ms > 0 {
-                            member.health.bench_for(ms);
-                        }
+                        member.health.shared_bench(ms);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read shared upstream health"),
