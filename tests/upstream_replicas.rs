@@ -138,8 +138,8 @@ priority = 1
 [routing]
 {routing}
 "#,
-        a_url = a.base_url(),
-        b_url = b.base_url(),
+        a_url = format!("http://{}", a.addr()),
+        b_url = format!("http://{}", b.addr()),
         a_extra = setup.a_extra,
         b_extra = setup.b_extra,
         routing = setup.routing,

@@ -448,7 +448,11 @@ pub async fn spawn_upstreams(
         let fake = FakeDeepSeek::start().await.expect("fake upstream starts");
         let key = format!("sk-{}-{}", table.name, random_hex());
         fake.require_key(&key);
-        let base_url = table.base_url.clone().unwrap_or_else(|| fake.base_url());
+        // DeepSeek's root: `[[upstreams]]` URLs are used as written.
+        let base_url = table
+            .base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", fake.addr()));
         text_tables.push_str(&format!(
             "\n[[upstreams]]\nname = \"{}\"\nbase_url = \"{base_url}\"\napi_key = \"{key}\"\n{}\n",
             table.name, table.extra
