@@ -123,14 +123,14 @@ sqlite_path = ":memory:"
 
 [[upstreams]]
 name = "a"
-base_url = "{a_url}"
+base_url = "http://{a_addr}"
 api_key = "{key_a}"
 priority = 0
 {a_extra}
 
 [[upstreams]]
 name = "b"
-base_url = "{b_url}"
+base_url = "http://{b_addr}"
 api_key = "{key_b}"
 priority = 1
 {b_extra}
@@ -138,8 +138,8 @@ priority = 1
 [routing]
 {routing}
 "#,
-        a_url = format!("http://{}", a.addr()),
-        b_url = format!("http://{}", b.addr()),
+        a_addr = a.addr(),
+        b_addr = b.addr(),
         a_extra = setup.a_extra,
         b_extra = setup.b_extra,
         routing = setup.routing,
