@@ -350,22 +350,9 @@ fn tls_row(done: &Handshake, now: i64, ms: u64) -> Row {
 }
 
 /// The gateway's trust for upstream TLS: the built-in Mozilla roots plus
-/// `ca_file` (as `proxy::upstream::tls_config` builds it for the pool).
+/// `ca_file`, exactly as the connection pool builds it.
 fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    for root in extra_roots {
-        roots
-            .add(root.clone())
-            .map_err(|e| format!("ca_file: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::proxy::upstream::tls_config(extra_roots)
 }
 
 /// A TLS handshake on the connection the `tcp` check opened. It runs on a

@@ -329,10 +329,10 @@ impl Upstream {
     }
 }
 
-/// TLS for the direct transport: the built-in Mozilla roots (the same as
-/// reqwest's) plus `deepseek.ca_file`, TLS 1.2 and 1.3, certificates always
-/// verified.
-pub(super) fn tls_config(
+/// TLS for the direct transport (and `check`): the built-in Mozilla roots
+/// (the same as reqwest's) plus the upstream's `ca_file`, TLS 1.2 and 1.3,
+/// certificates always verified.
+pub(crate) fn tls_config(
     extra_roots: &[CertificateDer<'static>],
 ) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore {
@@ -341,7 +341,7 @@ pub(super) fn tls_config(
     for root in extra_roots {
         roots
             .add(root.clone())
-            .map_err(|e| format!("deepseek.ca_file: {e}"))?;
+            .map_err(|e| format!("ca_file: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
