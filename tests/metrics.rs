@@ -151,3 +151,99 @@ async fn metrics_count_requests_rejections_errors_and_tokens_without_secrets() {
     let public = app.http.get(app.url("/metrics")).send().await.expect("req");
     assert_eq!(public.status(), 404);
 }
+
+#[tokio::test]
+async fn metrics_count_every_format_by_route_and_tokens_by_the_served_model() {
+    let app = spawn_app_with(|s| s.server_extra = "metrics_addr = \"127.0.0.1:0\"".into()).await;
+    let metrics_url = format!(
+        "http://{}/metrics",
+        app.metrics_addr.expect("metrics listener")
+    );
+    let token = app.token(ADMIN).await;
+    let post = |path: &'static str, body: serde_json::Value| {
+        let request = app.http.post(app.url(path)).bearer_auth(&token).json(&body);
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status();
+            let _ = response.bytes().await;
+            status
+        }
+    };
+    let no_thinking = json!({"type": "disabled"});
+    let answers = [
+        post(
+            "/v1/responses",
+            json!({"model": "deepseek-flash", "input": "hi", "thinking": no_thinking}),
+        )
+        .await,
+        post(
+            "/v1/responses",
+            json!({"model": "deepseek-flash", "input": "hi", "stream": true, "thinking": no_thinking}),
+        )
+        .await,
+        post(
+            "/anthropic/v1/messages",
+            json!({"model": "claude-opus-4-5", "max_tokens": 50, "thinking": no_thinking,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await,
+        post("/v1/tools/search", json!({"query": "deepseek"})).await,
+        post("/v1/tools/fetch", json!({"url": "https://api.deepseek.com"})).await,
+    ];
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+
+    let text = app
+        .http
+        .get(&metrics_url)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let samples = parse(&text);
+    let get = |series: &str| {
+        samples
+            .get(series)
+            .copied()
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+    };
+    let p = "deepseek_proxy_";
+    for (route, n) in [
+        ("responses", 2.0),
+        ("messages", 1.0),
+        ("tool_search", 1.0),
+        ("tool_fetch", 1.0),
+    ] {
+        let series = format!("{p}requests_total{{code=\"\",route=\"{route}\",status=\"200\"}}");
+        assert_eq!(get(&series), n, "{series}");
+    }
+    // Two Responses answers (11 prompt tokens each) on Flash; the
+    // claude-opus request counted as V4 Pro, the model that served it.
+    assert_eq!(
+        get(&format!(
+            "{p}tokens_total{{kind=\"prompt\",model=\"deepseek-flash\",user=\"admin\"}}"
+        )),
+        22.0
+    );
+    assert_eq!(
+        get(&format!(
+            "{p}tokens_total{{kind=\"prompt\",model=\"deepseek-v4-pro\",user=\"admin\"}}"
+        )),
+        11.0
+    );
+    assert!(
+        !text.contains("claude-opus"),
+        "policy and metrics use the served model"
+    );
+    assert_eq!(
+        get(&format!(
+            "{p}upstream_requests_total{{status=\"200\",upstream=\"deepseek\"}}"
+        )),
+        5.0
+    );
+    assert_eq!(
+        get(&format!("{p}upstream_healthy{{upstream=\"deepseek\"}}")),
+        1.0
+    );
+}
