@@ -97,7 +97,7 @@ pub async fn send(
                     ..Limits::default()
                 },
                 reserve: 0,
-                now_ms: now_ms(),
+                now_ms: super::unix_ms(),
             };
             match cx.state.store.admit(ask).await? {
                 Admission::Granted(permit) => place.hold(permit),
@@ -173,12 +173,6 @@ fn tell_other_replicas(cx: &Context, member: &Member, benched: Duration) {
             tracing::warn!(error = %e, upstream = %name, "cannot share an upstream's health");
         }
     });
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether a failed try may go to the next upstream.
