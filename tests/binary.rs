@@ -1127,3 +1127,82 @@ async fn with_http_proxy_set_requests_reach_deepseek_through_the_proxy() {
         format!("Bearer {key}").as_str()
     );
 }
+
+/// Sends SIGKILL: no shutdown, no flush.
+async fn kill_hard(proxy: &mut Running) {
+    let status = Command::new("kill")
+        .args(["-KILL", &proxy.pid.to_string()])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(status.success());
+    let _ = proxy.exit_within(PATIENCE).await;
+}
+
+async fn get_json(proxy: &Running, path: &str, token: &str) -> Value {
+    proxy
+        .http
+        .get(proxy.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("a GET")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spend_survives_kill_9_and_counters_restart_where_they_were() {
+    let fake = FakeDeepSeek::start().await.expect("fake upstream");
+    let key = format!("sk-test-{}", random_hex());
+    fake.require_key(&key);
+    let dir = TempDir::new();
+    let db = dir.0.join("usage.db");
+    let settings = Settings {
+        users: Some(common::admin_and_user(
+            "tokens_per_day = 1000000\nbudget_per_month = 100",
+        )),
+        storage: format!("sqlite_path = \"{}\"", db.display()),
+        ..Settings::default()
+    };
+    let text = config_toml(&settings, &fake.base_url(), &key, &jwt_secret());
+    let path = dir.write("config.toml", &text);
+    let mut proxy = Running::start(proxy_with_config(&dir, &path)).await;
+    let token = proxy.token(USER1).await;
+    const REQUESTS: usize = 40;
+    for i in 0..REQUESTS {
+        let response = proxy.chat(&token, &chat_body(i % 2 == 0)).await;
+        assert_eq!(response.status(), 200);
+        response.bytes().await.expect("the whole answer");
+    }
+    // Killed at once: the ledger's batch (once a second) has not run.
+    kill_hard(&mut proxy).await;
+
+    let proxy = Running::start(proxy_with_config(&dir, &path)).await;
+    let admin = proxy.token(ADMIN).await;
+    let usage = get_json(&proxy, "/admin/usage?group_by=user&from=0", &admin).await;
+    let rows = usage["rows"].as_array().expect("rows");
+    let user1 = rows.iter().find(|r| r["key"] == "user1");
+    let user1 = user1.unwrap_or_else(|| panic!("no row for user1: {usage}"));
+    assert_eq!(user1["requests"], REQUESTS as u64, "{usage}");
+    let cost = user1["cost_micros"].as_i64().expect("a cost");
+    assert!(cost > 0, "{usage}");
+    // The counters were rebuilt from those rows: the same tokens and spend.
+    let token = proxy.token(USER1).await;
+    let me = get_json(&proxy, "/v1/usage/me", &token).await;
+    let tokens =
+        user1["prompt_tokens"].as_u64().unwrap() + user1["completion_tokens"].as_u64().unwrap();
+    assert_eq!(me["quotas"]["tokens_per_day"]["used"], tokens, "{me}");
+    let used = me["quotas"]["budget_per_month"]["used"]
+        .as_f64()
+        .expect("budget");
+    assert!((used - cost as f64 / 1e6).abs() < 1e-9, "{me}");
+    proxy.stop().await;
+    let left: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("usage.db.journal."))
+        .collect();
+    assert!(left.is_empty(), "replayed segments are deleted: {left:?}");
+}

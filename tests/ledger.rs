@@ -158,6 +158,7 @@ async fn check(app: &TestApp, url: &str) {
         from_ms: 0,
         to_ms: None,
         user: Some("admin".into()),
+        key: None,
     };
     let by_model = app
         .state
@@ -291,6 +292,7 @@ async fn many_rows_land_whole(storage: Storage) {
     let ledger = Ledger::open(&StorageConfig {
         backend: storage,
         queue_capacity: 5000,
+        journal_path: None,
     })
     .await
     .expect("ledger opens");
@@ -326,6 +328,7 @@ async fn many_rows_land_whole(storage: Storage) {
         from_ms: 0,
         to_ms: None,
         user: None,
+        key: None,
     };
     let totals = ledger.totals(&filter, GroupBy::User).await.expect("totals");
     let prompt: i64 = totals.iter().map(|t| t.prompt_tokens).sum();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::redis::TestRedis;
 use common::{runtime, store_settings};
 use deepseek_proxy::config::RedisConfig;
-use deepseek_proxy::limits::quota::{Kind, Limits, Permit, Standing, DAY_MS, MINUTE_MS};
+use deepseek_proxy::limits::quota::{Charged, Kind, Limits, Permit, Standing, DAY_MS, MINUTE_MS};
 use deepseek_proxy::store::memory::MemoryStore;
 use deepseek_proxy::store::redis::RedisStore;
 use deepseek_proxy::store::{Admission, Ask, Store};
@@ -23,9 +23,13 @@ const LIMITS: Limits = Limits {
     requests_per_minute: 3,
     tokens_per_day: 1000,
     max_concurrent: 2,
+    budget_per_month: 2_500,
 };
-/// Ten minutes before a UTC midnight, so sequences cross days.
-const START_MS: u64 = 20_000 * DAY_MS - 10 * MINUTE_MS;
+/// Each token reserved or charged costs this many micro-units.
+const MICROS_PER_TOKEN: u64 = 3;
+/// Ten minutes before 2024-11-01 00:00 UTC, so sequences cross a day and a
+/// month.
+const START_MS: u64 = 20_028 * DAY_MS - 10 * MINUTE_MS;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -63,12 +67,19 @@ struct Model {
     in_flight: u64,
     /// (day, tokens used or reserved that day)
     tokens: (u64, u64),
+    /// (month, micro-units spent or reserved that month)
+    spend: (u64, u64),
+}
+
+fn month(now: u64) -> u64 {
+    deepseek_proxy::usage::calendar::month_index(now)
 }
 
 /// An open permit in the model: the day it reserved on, and how much.
 struct Open {
     permit: Permit,
     day: u64,
+    month: u64,
     reserve: u64,
 }
 
@@ -77,6 +88,9 @@ impl Model {
         self.admitted_at.retain(|&t| t + MINUTE_MS > now);
         if self.tokens.0 != now / DAY_MS {
             self.tokens = (now / DAY_MS, 0);
+        }
+        if self.spend.0 != month(now) {
+            self.spend = (month(now), 0);
         }
     }
 
@@ -102,9 +116,19 @@ impl Model {
                 wait.div_ceil(1000).max(1),
             ));
         }
+        let micros = reserve * MICROS_PER_TOKEN;
+        if self.spend.1 + micros > LIMITS.budget_per_month {
+            let next = deepseek_proxy::usage::calendar::next_month_start_ms(now);
+            return Err((
+                Kind::Budget,
+                self.spend.1,
+                (next - now).div_ceil(1000).max(1),
+            ));
+        }
         self.admitted_at.push_back(now);
         self.in_flight += 1;
         self.tokens.1 += reserve;
+        self.spend.1 += micros;
         Ok(())
     }
 
@@ -112,6 +136,10 @@ impl Model {
         self.in_flight -= 1;
         if self.tokens.0 == open.day {
             self.tokens.1 = self.tokens.1 - open.reserve + tokens;
+        }
+        if self.spend.0 == open.month {
+            self.spend.1 =
+                self.spend.1 - open.reserve * MICROS_PER_TOKEN + tokens * MICROS_PER_TOKEN;
         }
     }
 
@@ -121,6 +149,7 @@ impl Model {
             requests_last_minute: self.admitted_at.len() as u64,
             tokens_today: self.tokens.1,
             in_flight: self.in_flight,
+            spent_month: self.spend.1,
         }
     }
 }
@@ -136,6 +165,9 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     user: "alice",
                     limits: LIMITS,
                     reserve,
+                    key: None,
+                    reserve_micros: reserve * MICROS_PER_TOKEN,
+                    currency: "CNY",
                     now_ms: now,
                 };
                 let got = store.admit(ask).await.expect("store answers");
@@ -144,6 +176,7 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     (Admission::Granted(permit), Ok(())) => open.push(Open {
                         permit,
                         day: now / DAY_MS,
+                        month: month(now),
                         reserve,
                     }),
                     (Admission::Refused(r), Err((kind, used, retry))) => {
@@ -154,6 +187,8 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 Kind::Concurrent => LIMITS.max_concurrent,
                                 Kind::RequestsPerMinute => LIMITS.requests_per_minute,
                                 Kind::TokensPerDay => LIMITS.tokens_per_day,
+                                Kind::Budget => LIMITS.budget_per_month,
+                                Kind::KeyBudget => 0,
                             }
                         );
                     }
@@ -169,7 +204,12 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if !open.is_empty() {
                     let o = open.remove(index % open.len());
                     model.settle(&o, tokens);
-                    o.permit.settle(tokens).await;
+                    o.permit
+                        .settle(Charged {
+                            tokens,
+                            micros: tokens * MICROS_PER_TOKEN,
+                        })
+                        .await;
                 }
             }
             Op::Drop { index } => {
@@ -193,7 +233,7 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(standing, model.standing(now), "at {}", now);
     }
     for o in open {
-        o.permit.settle(0).await;
+        o.permit.settle(Charged::default()).await;
     }
     Ok(())
 }

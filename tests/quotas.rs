@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::redis::TestRedis;
 use common::{
-    chat_body_with, error_code, random_hex, spawn_app_with, Settings, TestApp, ADMIN, USER1,
+    chat_body_with, count, error_code, race, random_hex, spawn_app_with, Settings, TestApp, ADMIN,
+    USER1,
 };
-use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -28,41 +28,6 @@ async fn tokens(app: &TestApp, n: usize) -> Vec<String> {
         out.push(app.token(USER1).await);
     }
     out
-}
-
-/// Fires one request per token at once (across `apps`, round robin) and
-/// returns (status, error code, Retry-After) for each.
-async fn race(apps: &[&TestApp], tokens: &[String], body: &Value) -> Vec<(u16, String, u64)> {
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(tokens.len()));
-    let requests = tokens.iter().enumerate().map(|(i, token)| {
-        let (app, barrier) = (apps[i % apps.len()], barrier.clone());
-        async move {
-            barrier.wait().await;
-            let response = app.chat(token, body).await;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let code = if status == 200 {
-                let _ = response.bytes().await;
-                String::new()
-            } else {
-                error_code(response).await
-            };
-            (status, code, retry_after)
-        }
-    });
-    join_all(requests).await
-}
-
-fn count(results: &[(u16, String, u64)], status: u16, code: &str) -> usize {
-    results
-        .iter()
-        .filter(|(s, c, _)| *s == status && c == code)
-        .count()
 }
 
 async fn me(app: &TestApp, token: &str) -> Value {

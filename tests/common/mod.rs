@@ -510,3 +510,38 @@ pub async fn ledger_row(app: &TestApp, request_id: &str) -> deepseek_proxy::ledg
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Fires one request per token at once (across `apps`, round robin) and
+/// returns (status, error code, Retry-After) for each.
+pub async fn race(apps: &[&TestApp], tokens: &[String], body: &Value) -> Vec<(u16, String, u64)> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(tokens.len()));
+    let requests = tokens.iter().enumerate().map(|(i, token)| {
+        let (app, barrier) = (apps[i % apps.len()], barrier.clone());
+        async move {
+            barrier.wait().await;
+            let response = app.chat(token, body).await;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let code = if status == 200 {
+                let _ = response.bytes().await;
+                String::new()
+            } else {
+                error_code(response).await
+            };
+            (status, code, retry_after)
+        }
+    });
+    futures_util::future::join_all(requests).await
+}
+
+pub fn count(results: &[(u16, String, u64)], status: u16, code: &str) -> usize {
+    results
+        .iter()
+        .filter(|(s, c, _)| *s == status && c == code)
+        .count()
+}
