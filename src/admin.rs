@@ -178,7 +178,7 @@ const ALERT_MIN_INPUT_TOKENS: i64 = 1_000;
 pub async fn me(State(state): State<AppState>, token: AuthToken) -> Result<Json<Value>, ApiError> {
     let now = now_ms();
     let today = now - now.rem_euclid(DAY_MS);
-    let month = month_start_ms(now);
+    let month = crate::usage::calendar::month_start_ms(now.max(0) as u64) as i64;
     let user = token.account.username.clone();
     let totals = |from_ms: i64, to_ms: Option<i64>, by: GroupBy| {
         let filter = Filter {
@@ -351,12 +351,4 @@ async fn quotas(state: &AppState, token: &AuthToken) -> Result<Value, ApiError> 
         "budget_resets_at": (limits.budget_per_month > 0)
             .then(|| crate::usage::calendar::next_month_start_ms(now) / 1000),
     }))
-}
-
-/// The first millisecond of the UTC month containing `now_ms`.
-fn month_start_ms(now_ms: i64) -> i64 {
-    let days = now_ms.div_euclid(DAY_MS);
-    let date = crate::cli::civil_date(days);
-    let day_of_month: i64 = date[8..10].parse().unwrap_or(1);
-    (days - (day_of_month - 1)) * DAY_MS
 }

@@ -82,11 +82,11 @@ fn usage_table(config_path: &std::path::Path, since: &str, by: GroupBy) -> Resul
     };
     let rows = runtime
         .block_on(async {
-            let ledger = Ledger::open(&config.storage).await?;
+            let ledger = Ledger::open_without_journal(&config.storage).await?;
             ledger.totals(&filter, by).await.map_err(|e| e.to_string())
         })
         .map_err(|e| format!("reading the ledger ({}): {e}", config.storage.describe()))?;
-    Ok(render(&rows, by))
+    Ok(render(&rows, by, config.pricing.currency.code()))
 }
 
 /// `7d`, `12h`, `30m`.
@@ -104,7 +104,7 @@ pub fn parse_span_ms(text: &str) -> Result<i64, String> {
     n.checked_mul(unit_ms).filter(|ms| *ms >= 0).ok_or_else(bad)
 }
 
-fn render(rows: &[Totals], by: GroupBy) -> String {
+fn render(rows: &[Totals], by: GroupBy, currency: &str) -> String {
     let label = match by {
         GroupBy::User => "user",
         GroupBy::Model => "model",
@@ -112,47 +112,43 @@ fn render(rows: &[Totals], by: GroupBy) -> String {
         GroupBy::Format => "format",
         GroupBy::Key => "key",
     };
-    let key = |t: &Totals| match by {
-        GroupBy::Day => t
-            .key
-            .parse()
-            .map(civil_date)
-            .unwrap_or_else(|_| t.key.clone()),
-        _ => t.key.clone(),
-    };
     let mut out = format!(
-        "{label:<24} {:>9} {:>14} {:>14} {:>14} {:>14}\n",
-        "requests", "prompt", "cache hits", "completion", "est. (aborted)"
+        "{label:<24} {:>9} {:>14} {:>14} {:>10} {:>14} {:>14} {:>14}\n",
+        "requests",
+        "prompt",
+        "cache hits",
+        "hit ratio",
+        "completion",
+        "est. (aborted)",
+        format!("cost ({currency})")
     );
     for t in rows {
+        let ratio = t
+            .cache_hit_ratio
+            .map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+        let mut cost = crate::usage::pricing::format_units(t.cost_micros);
+        if t.cost_estimated_micros > 0 {
+            cost.push('*');
+        }
         out.push_str(&format!(
-            "{:<24} {:>9} {:>14} {:>14} {:>14} {:>14}\n",
-            key(t),
+            "{:<24} {:>9} {:>14} {:>14} {:>10} {:>14} {:>14} {:>14}\n",
+            t.key,
             t.requests,
             t.prompt_tokens,
             t.cached_tokens,
+            ratio,
             t.completion_tokens,
-            t.estimated_tokens
+            t.estimated_tokens,
+            cost
         ));
+    }
+    if rows.iter().any(|t| t.cost_estimated_micros > 0) {
+        out.push_str("* includes estimates for requests that ended before DeepSeek reported usage\n");
     }
     if rows.is_empty() {
         out.push_str("(no requests in this period)\n");
     }
     out
-}
-
-/// Days since 1970-01-01 as `YYYY-MM-DD` (Howard Hinnant's algorithm).
-pub fn civil_date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 #[cfg(test)]
@@ -168,7 +164,5 @@ mod tests {
         assert!(parse_span_ms("-1d").is_err());
         assert!(parse_span_ms("7é").is_err());
         assert!(parse_span_ms("").is_err());
-        assert_eq!(civil_date(0), "1970-01-01");
-        assert_eq!(civil_date(20_785), "2026-11-28");
     }
 }

@@ -108,8 +108,22 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Connects, creates or migrates the schema, and starts the writer.
+    /// Connects, creates or migrates the schema, replays the journal, and
+    /// starts the writer: the gateway's ledger.
     pub async fn open(config: &StorageConfig) -> Result<Ledger, String> {
+        Self::connect(config, config.journal_path.as_deref()).await
+    }
+
+    /// The same database without the journal, for the CLI: the journal
+    /// belongs to the gateway process (which may be running) alone.
+    pub async fn open_without_journal(config: &StorageConfig) -> Result<Ledger, String> {
+        Self::connect(config, None).await
+    }
+
+    async fn connect(
+        config: &StorageConfig,
+        journal_path: Option<&std::path::Path>,
+    ) -> Result<Ledger, String> {
         sqlx::any::install_default_drivers();
         let url = config.url();
         let is_memory = url.contains(":memory:");
@@ -132,7 +146,7 @@ impl Ledger {
         schema::migrate(&pool, url.starts_with("sqlite"))
             .await
             .map_err(|e| format!("cannot prepare the usage ledger schema: {e}"))?;
-        let journal = match &config.journal_path {
+        let journal = match journal_path {
             Some(path) => Some(Arc::new(
                 replay(&pool, url.starts_with("sqlite"), path).await?,
             )),

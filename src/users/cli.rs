@@ -76,7 +76,7 @@ async fn execute(
             *sqlite = Some(path);
         }
     }
-    let ledger = Ledger::open(&config.storage).await?;
+    let ledger = Ledger::open_without_journal(&config.storage).await?;
     let pool = ledger.pool().clone();
     let directory = Directory::load(pool.clone(), base(config)).await?;
     let snapshot = directory.snapshot();
