@@ -77,7 +77,8 @@ pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/auth/login", post(login))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .merge(crate::console::routes());
 
     let app = with_slot
         .merge(protected)
