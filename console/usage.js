@@ -140,7 +140,7 @@ function drawChart(box, days) {
     width: chartWidth(box),
     height: 240,
     tzDate: (ts) => UPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
-    scales: { x: { time: true }, cost: { auto: true, range: (u, min, max) => [0, Math.max(max, 1e-6) * 1.1] }, tokens: { auto: true, range: (u, min, max) => [0, Math.max(max, 1) * 1.1] } },
+    scales: { x: { time: true }, cost: { auto: true, range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] }, tokens: { auto: true, range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] } },
     series: [
       { value: (u, v) => (v == null ? "" : new Date(v * 1000).toISOString().slice(0, 10)) },
       { label: t("usage.series.cost", { currency: fmt.getCurrency() }), scale: "cost", stroke: costColor, fill: `${costColor}55`, paths: bars, value: (u, v) => fmt.money(v) },
@@ -148,7 +148,7 @@ function drawChart(box, days) {
     ],
     axes: [
       { stroke: textColor, grid, values: (u, splits) => splits.map((s) => new Date(s * 1000).toISOString().slice(5, 10)) },
-      { scale: "cost", stroke: textColor, grid, size: 64, values: (u, splits) => splits.map((s) => fmt.money(s)) },
+      { scale: "cost", stroke: textColor, grid, size: 76, values: (u, splits) => splits.map((s) => fmt.money(s)) },
       { scale: "tokens", side: 1, stroke: textColor, grid: { show: false }, size: 56, values: (u, splits) => splits.map((s) => compact(s)) },
     ],
     legend: { show: true },
