@@ -23,6 +23,7 @@ use crate::client_ip::{client_ip, ClientIp};
 use crate::error::ErrorCode;
 use crate::ledger::UsageRecord;
 use crate::metrics::Observed;
+use crate::proxy::hold::Billed;
 use crate::state::AppState;
 use crate::usage::Usage;
 
@@ -66,6 +67,8 @@ struct Record {
     body_wait: Duration,
     upstream_sent: Option<Instant>,
     upstream_head: Option<Instant>,
+    /// What the request was charged (tokens, money), once it ended.
+    billed: Option<Billed>,
 }
 
 /// What inner layers learn about a request, for its log line.
@@ -169,6 +172,10 @@ impl RequestLog {
 
     /// How the request ended, when it did not simply complete:
     /// `upstream_failed` or `timed_out`.
+    pub fn set_billed(&self, billed: Billed) {
+        self.with(|r| r.billed = Some(billed));
+    }
+
     pub fn set_outcome(&self, outcome: &'static str) {
         self.with(|r| r.outcome = Some(outcome));
     }
@@ -407,6 +414,7 @@ impl Line {
             cache_miss_tokens = count(|u| u.cache_miss_tokens),
             reasoning_tokens = count(|u| u.reasoning_tokens),
             completion_tokens_estimated = r.estimated_tokens,
+            cost_micros = r.billed.and_then(|b| b.cost).map(|c| c.micros),
             ds_trace_id = r
                 .trace_id
                 .as_ref()
@@ -427,9 +435,15 @@ impl Line {
             (None, "/beta/completions") => "beta_completions",
             (None, "/models" | "/v1/models") => "models",
             (None, "/user/balance") => "balance",
-            (None, "/admin/usage" | "/admin/requests" | "/admin/active" | "/v1/usage/me") => {
-                "usage_api"
-            }
+            (
+                None,
+                "/admin/usage"
+                | "/admin/requests"
+                | "/admin/active"
+                | "/v1/usage/me"
+                | "/v1/usage/me/requests"
+                | "/v1/pricing",
+            ) => "usage_api",
             (None, "/auth/login") => "login",
             (None, "/auth/logout") => "logout",
             (None, "/healthz" | "/readyz") => "health",
@@ -446,6 +460,7 @@ impl Line {
             user: r.user.as_deref().unwrap_or("-"),
             model,
             usage: r.usage.as_ref(),
+            cost: r.billed.and_then(|b| b.cost),
         });
         if let Some(route) = r.route {
             let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
@@ -481,6 +496,13 @@ impl Line {
                 client_ip: l.client.clone(),
                 outcome: outcome.to_owned(),
                 billable,
+                charged_tokens: r.billed.map(|b| to_i64(b.tokens)),
+                cost_micros: r.billed.and_then(|b| b.cost).map(|c| to_i64(c.micros)),
+                cost_estimated: r.billed.and_then(|b| b.cost).is_some_and(|c| c.estimated),
+                currency: r
+                    .billed
+                    .and_then(|b| b.cost)
+                    .map(|c| c.currency.code().to_owned()),
             });
         }
     }

@@ -63,6 +63,13 @@ impl App {
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let limits = Limits::from(&config.server);
         let metrics_addr = config.server.metrics_addr.clone();
+        let currency = config.pricing.currency.code();
+        if config.storage.journal_path.is_none() && !config.storage.url().contains(":memory:") {
+            tracing::warn!(
+                "storage.journal_path is not set: usage rows of the last second before a crash \
+                 are lost (set it to a local file, one per replica)"
+            );
+        }
         let ledger = Ledger::open(&config.storage)
             .await
             .map_err(std::io::Error::other)?;
@@ -71,6 +78,18 @@ impl App {
         let state = AppState::new(config, ledger)
             .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // Counters start from the ledger, so a restart hands out no fresh
+        // daily allowance or monthly budget.
+        let seeds = state
+            .ledger
+            .seeds(crate::usage::calendar::now_ms(), currency)
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot read the usage ledger: {e}")))?;
+        state.store.seed(&seeds).await.map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot set the quota counters from the ledger: {e}"
+            ))
+        })?;
         if let Some(every) = state.upstreams.routing.probe_interval {
             crate::upstreams::probe::start(state.downgrade(), every);
         }

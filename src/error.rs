@@ -123,6 +123,14 @@ impl ApiError {
             Self::AdminOnly => "admin_required",
             Self::LoginThrottled { .. } => "login_throttled",
             Self::Quota(r) if r.kind == crate::limits::quota::Kind::Concurrent => "user_busy",
+            Self::Quota(r)
+                if matches!(
+                    r.kind,
+                    crate::limits::quota::Kind::Budget | crate::limits::quota::Kind::KeyBudget
+                ) =>
+            {
+                "budget_exceeded"
+            }
             Self::Quota(_) => "quota_exceeded",
             Self::NotFound | Self::NoSuchItem(_) => "not_found",
             Self::Conflict { code, .. } => code,

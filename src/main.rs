@@ -125,6 +125,9 @@ struct UserArgs {
     tokens_per_day: Option<i64>,
     #[arg(long)]
     max_concurrent: Option<i64>,
+    /// In the `[pricing]` currency (0: none).
+    #[arg(long)]
+    budget_per_month: Option<f64>,
     /// With `set`: read a new password.
     #[arg(long)]
     password: bool,
@@ -144,6 +147,9 @@ enum KeyCommand {
         max_in_flight: Option<i64>,
         #[arg(long, value_delimiter = ',')]
         models: Option<Vec<String>>,
+        /// In the `[pricing]` currency, at most the owner's budget.
+        #[arg(long)]
+        budget_per_month: Option<f64>,
     },
     List {
         #[arg(long)]
@@ -208,6 +214,7 @@ fn main() -> ExitCode {
                     expires_in_days,
                     max_in_flight,
                     models,
+                    budget_per_month,
                 } => Action::CreateKey {
                     user,
                     request: NewKeyRequest {
@@ -215,6 +222,7 @@ fn main() -> ExitCode {
                         expires_in_days,
                         models,
                         max_in_flight,
+                        budget_per_month,
                     },
                 },
                 KeyCommand::List { user } => Action::ListKeys(user),
@@ -263,6 +271,7 @@ fn user_action(command: UserCommand) -> Result<Action, String> {
         requests_per_minute: args.requests_per_minute.map(Some),
         tokens_per_day: args.tokens_per_day.map(Some),
         max_concurrent: args.max_concurrent.map(Some),
+        budget_per_month: args.budget_per_month.map(Some),
         disabled: None,
     };
     let toggle = |name: String, disabled: bool| {

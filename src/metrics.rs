@@ -4,11 +4,11 @@
 //! are the finest grain.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::usage::Usage;
+use crate::usage::{Cost, Usage};
 
 /// Latency buckets in seconds: 1 ms to 10 minutes (streams run long).
 const BUCKETS: &[f64] = &[
@@ -30,6 +30,8 @@ pub struct Metrics {
     rejected: IntCounterVec,
     upstream_errors: IntCounterVec,
     tokens: IntCounterVec,
+    cost: CounterVec,
+    cache_hit_ratio: GaugeVec,
     in_flight: IntGauge,
     ledger_queue: IntGauge,
     ledger_dropped: IntGauge,
@@ -53,6 +55,7 @@ pub struct Observed<'a> {
     pub user: &'a str,
     pub model: &'a str,
     pub usage: Option<&'a Usage>,
+    pub cost: Option<Cost>,
 }
 
 impl Metrics {
@@ -119,6 +122,27 @@ impl Metrics {
                 "Tokens DeepSeek reported, by user, model and kind.",
                 &["user", "model", "kind"],
             ),
+            cost: {
+                let opts = Opts::new(
+                    "cost_total",
+                    "What requests cost, in units of the [pricing] currency (estimates included), \
+                     by user and model.",
+                );
+                let c =
+                    CounterVec::new(opts, &["user", "model", "currency"]).expect("valid metric");
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
+            cache_hit_ratio: {
+                let opts = Opts::new(
+                    "cache_hit_ratio",
+                    "Input tokens served from DeepSeek's cache / all input tokens, by user and \
+                     model, since start (a fall multiplies spend: a cache hit costs ~1/50 of a miss).",
+                );
+                let g = GaugeVec::new(opts, &["user", "model"]).expect("valid metric");
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
             in_flight: gauge(
                 "in_flight_requests",
                 "Completion requests holding a slot now.",
@@ -179,12 +203,34 @@ impl Metrics {
                 ("prompt", u.prompt_tokens),
                 ("completion", u.completion_tokens),
                 ("cached", u.cached_tokens),
+                (
+                    "cache_miss",
+                    u.prompt_tokens.saturating_sub(u.cached_tokens),
+                ),
                 ("reasoning", u.reasoning_tokens),
             ] {
                 self.tokens
                     .with_label_values(&[o.user, o.model, kind])
                     .inc_by(n);
             }
+            let hits = self
+                .tokens
+                .with_label_values(&[o.user, o.model, "cached"])
+                .get();
+            let misses = self
+                .tokens
+                .with_label_values(&[o.user, o.model, "cache_miss"])
+                .get();
+            if hits + misses > 0 {
+                self.cache_hit_ratio
+                    .with_label_values(&[o.user, o.model])
+                    .set(hits as f64 / (hits + misses) as f64);
+            }
+        }
+        if let Some(cost) = o.cost {
+            self.cost
+                .with_label_values(&[o.user, o.model, cost.currency.code()])
+                .inc_by(cost.micros as f64 / 1e6);
         }
     }
 

@@ -58,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/active", get(admin::active))
         .route("/admin/upstreams", get(admin::upstreams))
         .route("/v1/usage/me", get(admin::me))
+        .route("/v1/usage/me/requests", get(admin::my_requests))
+        .route("/v1/pricing", get(admin::pricing))
         .route(
             "/v1/keys",
             post(users::create_key).get(users::list_own_keys),

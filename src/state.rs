@@ -127,5 +127,6 @@ pub fn base(config: Config) -> Base {
         config.upstream.user_id,
         user_id_key,
         config.auth.api_keys,
+        config.pricing,
     )
 }

@@ -20,6 +20,7 @@ use crate::limits::quota::Limits;
 use crate::telemetry::LogFormat;
 
 mod models;
+mod pricing;
 mod upstream;
 mod upstreams;
 
@@ -69,6 +70,8 @@ pub struct RawConfig {
     upstreams: Vec<upstreams::RawUpstream>,
     #[serde(default)]
     routing: upstreams::RawRouting,
+    #[serde(default)]
+    pricing: pricing::RawPricing,
 }
 
 /// `[quotas]`: every user's limits unless their `[[auth.users]]` entry
@@ -80,6 +83,8 @@ struct RawQuotas {
     tokens_per_day: u64,
     max_concurrent: u64,
     default_max_tokens: u64,
+    /// In the `[pricing]` currency; 0: no budget.
+    budget_per_month: f64,
 }
 
 impl Default for RawQuotas {
@@ -91,6 +96,7 @@ impl Default for RawQuotas {
             // deepseek-reasoner's default max_tokens, the largest of DeepSeek's
             // defaults: a request without max_tokens cannot use more.
             default_max_tokens: 32_768,
+            budget_per_month: 0.0,
         }
     }
 }
@@ -101,6 +107,9 @@ struct RawStorage {
     sqlite_path: String,
     url: String,
     queue_capacity: usize,
+    /// "" (default): `<sqlite_path>.journal` beside a SQLite file, none for
+    /// PostgreSQL; "off": none; else the path.
+    journal_path: String,
 }
 
 impl Default for RawStorage {
@@ -109,6 +118,7 @@ impl Default for RawStorage {
             sqlite_path: "usage.db".into(),
             url: String::new(),
             queue_capacity: 10_000,
+            journal_path: String::new(),
         }
     }
 }
@@ -138,9 +148,17 @@ impl RawStorage {
                 "must be at least 1 (e.g. 10000)",
             ));
         }
+        let journal_path = match (self.journal_path.trim(), &backend) {
+            ("off", _) => None,
+            ("", Storage::Sqlite(path)) if path == ":memory:" => None,
+            ("", Storage::Sqlite(path)) => Some(format!("{path}.journal").into()),
+            ("", Storage::Postgres(_)) => None,
+            (path, _) => Some(path.into()),
+        };
         Ok(StorageConfig {
             backend,
             queue_capacity: self.queue_capacity,
+            journal_path,
         })
     }
 }
@@ -283,6 +301,8 @@ struct RawUser {
     tokens_per_day: Option<u64>,
     #[serde(default)]
     max_concurrent: Option<u64>,
+    #[serde(default)]
+    budget_per_month: Option<f64>,
 }
 
 /// The validated, frozen configuration.
@@ -305,6 +325,8 @@ pub struct Config {
     pub default_max_tokens: u64,
     /// `[quotas]`: the limits of users who set none of their own.
     pub quota_defaults: Limits,
+    /// `[pricing]`: prices, currency and peak hours.
+    pub pricing: std::sync::Arc<crate::usage::Pricing>,
     /// Things that work but should be fixed; logged once at start.
     pub warnings: Vec<String>,
     /// Where this config was read from, for a reload (`None`: built in).
@@ -386,6 +408,8 @@ pub enum Credential {
 pub struct StorageConfig {
     pub backend: Storage,
     pub queue_capacity: usize,
+    /// The ledger's crash journal (see `ledger::journal`); `None`: none.
+    pub journal_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -592,7 +616,11 @@ impl RawConfig {
             requests_per_minute: q.requests_per_minute,
             tokens_per_day: q.tokens_per_day,
             max_concurrent: q.max_concurrent,
+            budget_per_month: pricing::micros("quotas.budget_per_month", q.budget_per_month)?,
         };
+        let pricing = self
+            .pricing
+            .validate(crate::usage::calendar::now_ms(), &mut warnings)?;
         let auth = self.auth.validate(env, defaults, &mut warnings)?;
         let many = !self.upstreams.is_empty();
         let upstream = self.deepseek.validate(env, !many)?;
@@ -622,6 +650,7 @@ impl RawConfig {
             models: self.models.validate()?,
             default_max_tokens: q.default_max_tokens,
             quota_defaults: defaults,
+            pricing: std::sync::Arc::new(pricing),
             warnings,
             source: None,
         })
@@ -794,6 +823,10 @@ impl RawUser {
                     .unwrap_or(defaults.requests_per_minute),
                 tokens_per_day: self.tokens_per_day.unwrap_or(defaults.tokens_per_day),
                 max_concurrent: self.max_concurrent.unwrap_or(defaults.max_concurrent),
+                budget_per_month: match self.budget_per_month {
+                    Some(budget) => pricing::micros(&format!("{key}.budget_per_month"), budget)?,
+                    None => defaults.budget_per_month,
+                },
             },
         })
     }
@@ -1043,7 +1076,14 @@ mod tests {
         let text = include_str!("../../config.toml");
         let config = Config::from_toml(text, &env_with_key).expect("shipped config is valid");
         assert_eq!(config.auth.users.len(), 2);
-        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        // The holiday list goes stale each new year; that warning is
+        // tested in `config::pricing`.
+        let warnings: Vec<_> = config
+            .warnings
+            .iter()
+            .filter(|w| !w.starts_with("pricing.holidays"))
+            .collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
         let demo = Config::from_toml(crate::demo::DEMO_CONFIG, &env_with_key).expect("demo config");
         assert_eq!(demo.auth.users.len(), 2);
     }

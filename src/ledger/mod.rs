@@ -9,7 +9,13 @@
 //! a second, and [`Ledger::flush`] writes everything on shutdown, so a
 //! clean stop loses nothing. A batch that cannot be written is counted as
 //! dropped, like a row the full queue turned away.
+//!
+//! With a [`journal`] (the default for a SQLite file), each row is also
+//! appended to a local file before its response ends, and replayed at the
+//! next start if the process died before the batch was written: spend is
+//! not lost in a crash.
 
+pub mod journal;
 mod schema;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +36,7 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One upstream-bound request.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRecord {
     pub request_id: String,
     pub ts_ms: i64,
@@ -71,6 +77,20 @@ pub struct UsageRecord {
     /// DeepSeek bills it: a 2xx answer with content (a tool call is billed
     /// per call, a completion by its tokens).
     pub billable: bool,
+    /// Tokens charged against `tokens_per_day` (DeepSeek's usage, else the
+    /// estimate): what the quota counters are rebuilt from at start.
+    #[serde(default)]
+    pub charged_tokens: Option<i64>,
+    /// What it cost, in micro-units of `currency`, priced when it was sent
+    /// (`None`: the model has no price).
+    #[serde(default)]
+    pub cost_micros: Option<i64>,
+    /// The cost is an estimate (the request ended before DeepSeek reported
+    /// its usage).
+    #[serde(default)]
+    pub cost_estimated: bool,
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
 /// A handle to the ledger; cheap to clone.
@@ -84,6 +104,7 @@ pub struct Ledger {
     dropped: Arc<AtomicU64>,
     /// For reads (admin API, usage command); the writer has its own handle.
     pool: AnyPool,
+    journal: Option<Arc<journal::Journal>>,
 }
 
 impl Ledger {
@@ -111,6 +132,12 @@ impl Ledger {
         schema::migrate(&pool, url.starts_with("sqlite"))
             .await
             .map_err(|e| format!("cannot prepare the usage ledger schema: {e}"))?;
+        let journal = match &config.journal_path {
+            Some(path) => Some(Arc::new(
+                replay(&pool, url.starts_with("sqlite"), path).await?,
+            )),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (flushes, flush_rx) = mpsc::channel(16);
         let batch_ready = Arc::new(Notify::new());
@@ -122,6 +149,7 @@ impl Ledger {
             flushes: flush_rx,
             batch_ready: batch_ready.clone(),
             dropped: dropped.clone(),
+            journal: journal.clone(),
         };
         tokio::spawn(writer.run());
         Ok(Ledger {
@@ -130,6 +158,7 @@ impl Ledger {
             flushes,
             dropped,
             pool,
+            journal,
         })
     }
 
@@ -138,9 +167,18 @@ impl Ledger {
         &self.pool
     }
 
-    /// Queues a row; never waits. A full queue drops the row (counted).
+    /// Queues a row (after appending it to the journal, if there is one);
+    /// never waits for the database. A full queue drops the row (counted;
+    /// the journal keeps it for the next start).
     pub fn record(&self, row: UsageRecord) {
-        if self.tx.try_send(Box::new(row)).is_ok() {
+        let queued = match &self.journal {
+            Some(journal) => {
+                let line = journal::line(&row);
+                journal.append(line, || self.tx.try_send(Box::new(row)).is_ok())
+            }
+            None => self.tx.try_send(Box::new(row)).is_ok(),
+        };
+        if queued {
             if self.queued() >= BATCH_ROWS {
                 self.batch_ready.notify_one();
             }
@@ -161,6 +199,11 @@ impl Ledger {
     /// Rows waiting to be written.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// What today's and this month's counters should hold, from the rows.
+    pub async fn seeds(&self, now_ms: u64, currency: &str) -> Result<Seeds, sqlx::Error> {
+        schema::seeds(&self.pool, now_ms, currency).await
     }
 
     /// Totals grouped by user, model or day.
@@ -200,6 +243,7 @@ struct Writer {
     flushes: mpsc::Receiver<oneshot::Sender<()>>,
     batch_ready: Arc<Notify>,
     dropped: Arc<AtomicU64>,
+    journal: Option<Arc<journal::Journal>>,
 }
 
 impl Writer {
@@ -226,24 +270,37 @@ impl Writer {
         }
     }
 
-    /// Writes everything queued now, in batches.
+    /// Writes everything queued now, in batches. The journal's segment is
+    /// sealed first: every row in it is then in the queue, and the segment
+    /// goes once they are all written.
     async fn write_queued(&mut self, batch: &mut Vec<UsageRecord>) {
+        let sealed = self.journal.as_ref().and_then(|j| j.seal());
+        let mut ok = true;
         while let Ok(row) = self.rows.try_recv() {
             batch.push(*row);
             if batch.len() == BATCH_ROWS {
-                insert(&self.pool, self.sqlite, batch, &self.dropped).await;
+                ok &= insert(&self.pool, self.sqlite, batch, &self.dropped).await;
             }
         }
-        insert(&self.pool, self.sqlite, batch, &self.dropped).await;
+        ok &= insert(&self.pool, self.sqlite, batch, &self.dropped).await;
+        if let (Some(journal), Some(sealed)) = (&self.journal, sealed) {
+            journal.written(sealed, ok);
+        }
     }
 }
 
 /// The longest one batch may take to write.
 const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn insert(pool: &AnyPool, sqlite: bool, batch: &mut Vec<UsageRecord>, dropped: &AtomicU64) {
+/// Writes and clears `batch`; false if it could not be written.
+async fn insert(
+    pool: &AnyPool,
+    sqlite: bool,
+    batch: &mut Vec<UsageRecord>,
+    dropped: &AtomicU64,
+) -> bool {
     if batch.is_empty() {
-        return;
+        return true;
     }
     let rows = batch.len();
     let failure =
@@ -252,11 +309,48 @@ async fn insert(pool: &AnyPool, sqlite: bool, batch: &mut Vec<UsageRecord>, drop
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some(format!("no answer within {INSERT_TIMEOUT:?}")),
         };
+    batch.clear();
     if let Some(error) = failure {
         dropped.fetch_add(rows as u64, Ordering::Relaxed);
         tracing::error!(%error, rows, "usage ledger write failed; rows dropped");
+        return false;
     }
-    batch.clear();
+    true
 }
 
+/// Opens the journal and writes what an earlier run left in it (rows the
+/// database already has are skipped), then deletes those segments.
+async fn replay(
+    pool: &AnyPool,
+    sqlite: bool,
+    path: &std::path::Path,
+) -> Result<journal::Journal, String> {
+    let (journal, rows, files) = journal::Journal::open(path).map_err(|e| {
+        format!(
+            "cannot open the ledger journal {} (storage.journal_path): {e}",
+            path.display()
+        )
+    })?;
+    if !rows.is_empty() {
+        let found = rows.len();
+        let missing = schema::missing(pool, rows)
+            .await
+            .map_err(|e| format!("cannot replay the ledger journal: {e}"))?;
+        let replayed = missing.len();
+        for chunk in missing.chunks(BATCH_ROWS) {
+            schema::insert(pool, sqlite, chunk)
+                .await
+                .map_err(|e| format!("cannot replay the ledger journal: {e}"))?;
+        }
+        tracing::warn!(
+            found,
+            replayed,
+            "replayed the ledger journal: the gateway stopped before writing these rows"
+        );
+    }
+    journal::Journal::discard(&files);
+    Ok(journal)
+}
+
+pub use crate::limits::quota::Seeds;
 pub use schema::{Filter, GroupBy, Totals};

@@ -6,6 +6,9 @@ use sqlx::AnyPool;
 use sqlx::Row;
 
 use super::UsageRecord;
+use crate::limits::quota::Seeds;
+use crate::usage::calendar::{self, Date};
+use crate::usage::pricing::{hit_ratio, units};
 
 /// Each entry moves the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -78,6 +81,17 @@ const MIGRATIONS: &[&str] = &[
     // 4: which upstream served each request, after how many tries.
     "ALTER TABLE usage_log ADD COLUMN upstream TEXT;
     ALTER TABLE usage_log ADD COLUMN attempts BIGINT",
+    // 5: spend in money. Each row's cost (micro-units of `currency`, priced
+    // when it was sent; flagged when estimated) and the tokens charged to
+    // quotas, so counters can be rebuilt from the ledger at start; budgets
+    // per user and per key; request ids indexed for the journal's replay.
+    "ALTER TABLE usage_log ADD COLUMN cost_micros BIGINT;
+    ALTER TABLE usage_log ADD COLUMN cost_estimated BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE usage_log ADD COLUMN currency TEXT;
+    ALTER TABLE usage_log ADD COLUMN charged_tokens BIGINT;
+    ALTER TABLE users ADD COLUMN budget_per_month BIGINT;
+    ALTER TABLE api_keys ADD COLUMN budget_per_month BIGINT;
+    CREATE INDEX IF NOT EXISTS usage_log_request_id ON usage_log (request_id)",
 ];
 
 pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
@@ -115,9 +129,10 @@ pub async fn migrate(pool: &AnyPool, sqlite: bool) -> Result<(), sqlx::Error> {
 const INSERT_INTO: &str = "INSERT INTO usage_log (request_id, ts_ms, username, token_id, route, \
     model, stream, status, upstream_status, error_code, prompt_tokens, completion_tokens, \
     cached_tokens, reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
-    bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, key_id, upstream, attempts) VALUES ";
-const COLUMNS: usize = 28;
-/// Rows per INSERT statement: 1,400 parameters, within both SQLite's and
+    bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, key_id, \
+    upstream, attempts, charged_tokens, cost_micros, cost_estimated, currency) VALUES ";
+const COLUMNS: usize = 32;
+/// Rows per INSERT statement: 1,600 parameters, within both SQLite's and
 /// PostgreSQL's limits. One statement per chunk, not per row, because with
 /// SQLite each statement is a round trip to sqlx's database thread.
 const ROWS_PER_STATEMENT: usize = 50;
@@ -194,7 +209,11 @@ pub async fn insert(pool: &AnyPool, sqlite: bool, rows: &[UsageRecord]) -> Resul
                 .bind(i64::from(r.billable))
                 .bind(r.key_id.clone())
                 .bind(r.upstream.clone())
-                .bind(r.attempts);
+                .bind(r.attempts)
+                .bind(r.charged_tokens)
+                .bind(r.cost_micros)
+                .bind(i64::from(r.cost_estimated))
+                .bind(r.currency.clone());
         }
         query.execute(&mut *tx).await?;
     }
@@ -227,9 +246,10 @@ impl GroupBy {
 }
 
 /// Totals of one group.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Totals {
-    /// The user, the model, or the UTC day as days since 1970-01-01.
+    /// The user, the model, the key id (`-`: login tokens), the wire
+    /// format, or the UTC day as `YYYY-MM-DD`.
     pub key: String,
     pub requests: i64,
     pub prompt_tokens: i64,
@@ -237,8 +257,18 @@ pub struct Totals {
     pub estimated_tokens: i64,
     /// Input tokens served from DeepSeek's cache.
     pub cached_tokens: i64,
+    /// Input tokens that missed it.
+    pub cache_miss_tokens: i64,
     /// Billable tool calls and completions.
     pub billable_requests: i64,
+    /// What the rows cost, in micro-units of the currency.
+    pub cost_micros: i64,
+    /// The part of it that is estimated (abandoned streams).
+    pub cost_estimated_micros: i64,
+    /// The same in currency units.
+    pub cost: f64,
+    /// hit / (hit + miss) input tokens; `None` without input.
+    pub cache_hit_ratio: Option<f64>,
 }
 
 /// Which rows to add up: `[from_ms, to_ms)`, optionally one user's.
@@ -247,6 +277,8 @@ pub struct Filter {
     pub from_ms: i64,
     pub to_ms: Option<i64>,
     pub user: Option<String>,
+    /// One personal API key's rows (`-`: login tokens').
+    pub key: Option<String>,
 }
 
 pub async fn totals(
@@ -263,8 +295,13 @@ pub async fn totals(
          CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, \
          CAST(COALESCE(SUM(completion_tokens_estimated), 0) AS BIGINT) AS estimated, \
          CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached, \
-         CAST(COALESCE(SUM(billable), 0) AS BIGINT) AS billable \
+         CAST(COALESCE(SUM(prompt_tokens - COALESCE(cached_tokens, 0)), 0) AS BIGINT) AS miss, \
+         CAST(COALESCE(SUM(billable), 0) AS BIGINT) AS billable, \
+         CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost, \
+         CAST(COALESCE(SUM(CASE WHEN cost_estimated = 1 THEN cost_micros ELSE 0 END), 0) \
+         AS BIGINT) AS cost_estimated \
          FROM usage_log WHERE ts_ms >= $1 AND ts_ms < $2 AND ($3 = '' OR username = $4) \
+         AND ($5 = '' OR COALESCE(key_id, '-') = $6) \
          GROUP BY {group} ORDER BY {group}"
     );
     let user = filter.user.clone().unwrap_or_default();
@@ -273,18 +310,34 @@ pub async fn totals(
         .bind(filter.to_ms.unwrap_or(i64::MAX))
         .bind(user.clone())
         .bind(user)
+        .bind(filter.key.clone().unwrap_or_default())
+        .bind(filter.key.clone().unwrap_or_default())
         .fetch_all(pool)
         .await?;
     rows.iter()
         .map(|row| {
+            let key: String = row.try_get("k")?;
+            let cost_micros: i64 = row.try_get("cost")?;
+            let cached_tokens: i64 = row.try_get("cached")?;
+            let cache_miss_tokens: i64 = row.try_get("miss")?;
             Ok(Totals {
-                key: row.try_get("k")?,
+                key: match by {
+                    GroupBy::Day => key
+                        .parse()
+                        .map_or(key, |days| Date::from_days(days).to_string()),
+                    _ => key,
+                },
                 requests: row.try_get("requests")?,
                 prompt_tokens: row.try_get("prompt")?,
                 completion_tokens: row.try_get("completion")?,
                 estimated_tokens: row.try_get("estimated")?,
-                cached_tokens: row.try_get("cached")?,
+                cached_tokens,
+                cache_miss_tokens,
                 billable_requests: row.try_get("billable")?,
+                cost_micros,
+                cost_estimated_micros: row.try_get("cost_estimated")?,
+                cost: units(cost_micros),
+                cache_hit_ratio: hit_ratio(cached_tokens, cache_miss_tokens),
             })
         })
         .collect()
@@ -302,7 +355,8 @@ pub async fn recent(
          upstream_status, error_code, prompt_tokens, completion_tokens, cached_tokens, \
          reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
          bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, \
-         key_id, upstream, attempts FROM usage_log \
+         key_id, upstream, attempts, charged_tokens, cost_micros, cost_estimated, currency \
+         FROM usage_log \
          WHERE ($1 = '' OR username = $2) ORDER BY ts_ms DESC LIMIT $3",
     )
     .bind(user.clone())
@@ -341,7 +395,82 @@ pub async fn recent(
                 key_id: r.try_get("key_id")?,
                 upstream: r.try_get("upstream")?,
                 attempts: r.try_get("attempts")?,
+                charged_tokens: r.try_get("charged_tokens")?,
+                cost_micros: r.try_get("cost_micros")?,
+                cost_estimated: r.try_get::<i64, _>("cost_estimated")? != 0,
+                currency: r.try_get("currency")?,
             })
         })
         .collect()
+}
+
+/// The rows of `rows` the ledger does not have yet (same request id and
+/// time), for the journal's replay.
+pub async fn missing(
+    pool: &AnyPool,
+    rows: Vec<UsageRecord>,
+) -> Result<Vec<UsageRecord>, sqlx::Error> {
+    let mut out = Vec::new();
+    for row in rows {
+        let found =
+            sqlx::query("SELECT 1 AS one FROM usage_log WHERE request_id = $1 AND ts_ms = $2")
+                .bind(&row.request_id)
+                .bind(row.ts_ms)
+                .fetch_optional(pool)
+                .await?;
+        if found.is_none() {
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// Today's charged tokens and this month's spend (in `currency`) by user,
+/// and this month's spend by key: what the quota counters hold.
+pub async fn seeds(pool: &AnyPool, now_ms: u64, currency: &str) -> Result<Seeds, sqlx::Error> {
+    let day = calendar::day_start_ms(now_ms) as i64;
+    let month = calendar::month_start_ms(now_ms) as i64;
+    let sums = |sql: &'static str, from: i64, currency: Option<&str>| {
+        let query = sqlx::query(sql).bind(from);
+        let query = match currency {
+            Some(c) => query.bind(c.to_owned()),
+            None => query,
+        };
+        async move {
+            query
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    let n: i64 = r.try_get("n")?;
+                    Ok((r.try_get::<String, _>("k")?, n.max(0) as u64))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        }
+    };
+    Ok(Seeds {
+        now_ms,
+        tokens_today: sums(
+            "SELECT username AS k, CAST(SUM(charged_tokens) AS BIGINT) AS n FROM usage_log \
+             WHERE ts_ms >= $1 AND charged_tokens IS NOT NULL GROUP BY username",
+            day,
+            None,
+        )
+        .await?,
+        spent_month: sums(
+            "SELECT username AS k, CAST(SUM(cost_micros) AS BIGINT) AS n FROM usage_log \
+             WHERE ts_ms >= $1 AND currency = $2 AND cost_micros IS NOT NULL GROUP BY username",
+            month,
+            Some(currency),
+        )
+        .await?,
+        key_spent_month: sums(
+            "SELECT key_id AS k, CAST(SUM(cost_micros) AS BIGINT) AS n FROM usage_log \
+             WHERE ts_ms >= $1 AND currency = $2 AND cost_micros IS NOT NULL \
+             AND key_id IS NOT NULL GROUP BY key_id",
+            month,
+            Some(currency),
+        )
+        .await?,
+    })
 }

@@ -97,6 +97,9 @@ pub async fn send(
                     ..Limits::default()
                 },
                 reserve: 0,
+                key: None,
+                reserve_micros: 0,
+                currency: "",
                 now_ms: super::unix_ms(),
             };
             match cx.state.store.admit(ask).await? {

@@ -29,7 +29,7 @@ use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::limits::quota::{Admission, Ask};
 use crate::state::AppState;
-use hold::{Charge, Hold};
+use hold::{Bill, Hold};
 use prepare::prepare;
 use relay::RelayBody;
 pub use upstream::{Route, Upstream};
@@ -152,10 +152,8 @@ async fn completion(
 ) -> Result<Response, ApiError> {
     // The slot was taken before the body is read (by the auth layer), so a
     // concurrent request is refused at once; from here it is ours to hold.
-    let mut hold = Hold {
-        slot: Some(lease.take().ok_or(ApiError::Internal)?),
-        ..Hold::default()
-    };
+    let mut hold = Hold::default();
+    hold.slot = Some(lease.take().ok_or(ApiError::Internal)?);
     let result = async {
         let state = &cx.state;
         let format = route.format();
@@ -179,32 +177,54 @@ async fn completion(
         if !token.may_use(served) {
             return Err(ApiError::ModelNotAllowed);
         }
+        // Priced as of now, the moment it is sent.
+        let now_ms = unix_ms();
+        let pricing = &base.pricing;
+        let prices = pricing.prices(served, !format.has_tokens(), now_ms);
+        // A tool call has no tokens: nothing to estimate.
+        let prompt_estimate = match format.has_tokens() {
+            true => crate::usage::estimate_tokens(&body),
+            false => 0,
+        };
+        let max_tokens = checked.max_tokens.unwrap_or(base.default_max_tokens);
         let limits = account.limits;
-        if !limits.is_unlimited() {
-            let max_tokens = checked.max_tokens.unwrap_or(base.default_max_tokens);
-            let reserve = match limits.tokens_per_day {
+        let ask = Ask {
+            user: &account.username,
+            limits,
+            reserve: match limits.tokens_per_day {
                 0 => 0,
                 _ if !format.has_tokens() => 0,
                 _ => (body.len() as u64).saturating_add(max_tokens),
-            };
-            let ask = Ask {
-                user: &account.username,
-                limits,
-                reserve,
-                now_ms: unix_ms(),
-            };
+            },
+            key: token.key.as_ref().map(|k| (&*k.id, k.budget_per_month)),
+            reserve_micros: prices.map_or(0, |p| p.list.worst_case(body.len() as u64, max_tokens)),
+            currency: pricing.currency.code(),
+            now_ms,
+        };
+        let budgeted = limits.budget_per_month > 0 || ask.key_budget() > 0;
+        if budgeted && prices.is_none() {
+            return Err(ApiError::bad_request(
+                "model_not_priced",
+                format!(
+                    "your account has a budget, and the gateway has no price for model \"{}\": \
+                     ask its operator to add it under [pricing.models]",
+                    served.unwrap_or("-").chars().take(64).collect::<String>()
+                ),
+            ));
+        }
+        if ask.is_limited() {
             match state.store.admit(ask).await? {
-                Admission::Granted(permit) => {
-                    // A tool call has no tokens: nothing to estimate.
-                    let prompt_estimate = match format.has_tokens() {
-                        true => crate::usage::estimate_tokens(&body),
-                        false => 0,
-                    };
-                    hold.charge = Some(Charge::new(permit, prompt_estimate));
-                }
+                Admission::Granted(permit) => hold.charge = Some(permit),
                 Admission::Refused(refusal) => return Err(ApiError::Quota(refusal)),
             }
         }
+        hold.bill = Some(Bill {
+            prices,
+            prompt_estimate,
+            billable: true,
+            log: cx.log.clone(),
+            relayed: 0,
+        });
         // From here the request goes upstream: it gets a ledger row.
         cx.log.set_request(
             &Requested {

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use futures_util::future::{ready, BoxFuture, FutureExt};
 
 use super::{
-    Acquired, Admission, Ask, InFlight, Issued, Lease, Release, Standing, Store, StoreResult,
-    StoreSettings,
+    Acquired, Admission, Ask, InFlight, Issued, Lease, Release, Seeds, Standing, Store,
+    StoreResult, StoreSettings,
 };
 use crate::auth::jwt::unix_now;
 use crate::auth::login_cache::LoginCache;
@@ -126,6 +126,11 @@ impl Store for MemoryStore {
 
     fn standing<'a>(&'a self, user: &'a str, now_ms: u64) -> BoxFuture<'a, StoreResult<Standing>> {
         ready(Ok(self.quotas.standing(user, now_ms))).boxed()
+    }
+
+    fn seed<'a>(&'a self, seeds: &'a Seeds) -> BoxFuture<'a, StoreResult<()>> {
+        self.quotas.seed(seeds);
+        ready(Ok(())).boxed()
     }
 
     fn ready(&self) -> BoxFuture<'_, StoreResult<()>> {

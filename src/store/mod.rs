@@ -23,7 +23,7 @@ use futures_util::future::BoxFuture;
 
 pub use crate::auth::login_cache::Issued;
 use crate::config::{StateBackend, StateConfig};
-pub use crate::limits::quota::{Admission, Ask, Standing};
+pub use crate::limits::quota::{Admission, Ask, Seeds, Standing};
 
 /// The backend did not answer (in time). Requests that need it get 503.
 #[derive(Debug)]
@@ -177,6 +177,10 @@ pub trait Store: Send + Sync {
     /// Admits a request under its user's quotas, counting it, or says which
     /// limit refuses it. Atomic across replicas (see `limits::quota`).
     fn admit<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, StoreResult<Admission>>;
+
+    /// Counters rebuilt from the ledger at start: each is set only where no
+    /// replica holds it yet, so a restart hands out no fresh allowance.
+    fn seed<'a>(&'a self, seeds: &'a Seeds) -> BoxFuture<'a, StoreResult<()>>;
 
     /// What `user` has used of their limits now.
     fn standing<'a>(&'a self, user: &'a str, now_ms: u64) -> BoxFuture<'a, StoreResult<Standing>>;

@@ -37,7 +37,8 @@ use super::{
     StoreResult, StoreSettings,
 };
 use crate::config::RedisConfig;
-use crate::limits::quota::{self, Permit, Settle};
+use crate::limits::quota::{self, Charged, Permit, Seeds, Settle};
+use crate::usage::calendar::month_index;
 
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -53,6 +54,7 @@ struct Scripts {
     admit: Script,
     renew_running: Script,
     settle: Script,
+    seed: Script,
     standing: Script,
 }
 
@@ -110,15 +112,20 @@ impl Scripts {
                  return 1",
             ),
             // KEYS: rpm (zset of admission times), running (zset of
-            // expiry times), tokens (today's counter). ARGV: now_ms, owner,
-            // rpm limit, concurrency limit, token limit, reserve, running
-            // ttl_ms, tokens ttl_ms, ms to the next UTC day. Limits of 0 are
-            // off. Returns {0} granted, or {kind, used, retry_ms} with kind
-            // 1 rpm, 2 tokens, 3 concurrency. See `limits::quota`.
+            // expiry times), tokens (today's counter), spend (the user's
+            // micro-units this month), key spend (the key's). ARGV: now_ms,
+            // owner, rpm limit, concurrency limit, token limit, reserve,
+            // running ttl_ms, tokens ttl_ms, ms to the next UTC day, budget,
+            // key budget, micro-units to reserve, spend ttl_ms, ms to the
+            // next UTC month. Limits of 0 are off. Every check runs before
+            // anything is counted. Returns {0} granted, or {kind, used,
+            // retry_ms} with kind 1 rpm, 2 tokens, 3 concurrency, 4 budget,
+            // 5 key budget. See `limits::quota`.
             admit: Script::new(
                 "local now = tonumber(ARGV[1]) local rpm = tonumber(ARGV[3]) \
                  local conc = tonumber(ARGV[4]) local tok = tonumber(ARGV[5]) \
-                 local reserve = tonumber(ARGV[6]) \
+                 local reserve = tonumber(ARGV[6]) local budget = tonumber(ARGV[10]) \
+                 local kbudget = tonumber(ARGV[11]) local micros = tonumber(ARGV[12]) \
                  if conc > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) \
                  local n = redis.call('ZCARD', KEYS[2]) if n >= conc then return {3, n, 1000} end end \
                  if rpm > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000) \
@@ -126,8 +133,17 @@ impl Scripts {
                  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES') \
                  return {1, n, tonumber(oldest[2]) + 60000 - now} end end \
                  if tok > 0 then local used = tonumber(redis.call('GET', KEYS[3]) or '0') \
-                 if used + reserve > tok then return {2, used, tonumber(ARGV[9])} end \
-                 redis.call('INCRBY', KEYS[3], reserve) redis.call('PEXPIRE', KEYS[3], ARGV[8]) end \
+                 if used + reserve > tok then return {2, used, tonumber(ARGV[9])} end end \
+                 if budget > 0 then local used = tonumber(redis.call('GET', KEYS[4]) or '0') \
+                 if used + micros > budget then return {4, used, tonumber(ARGV[14])} end end \
+                 if kbudget > 0 then local used = tonumber(redis.call('GET', KEYS[5]) or '0') \
+                 if used + micros > kbudget then return {5, used, tonumber(ARGV[14])} end end \
+                 if tok > 0 then redis.call('INCRBY', KEYS[3], reserve) \
+                 redis.call('PEXPIRE', KEYS[3], ARGV[8]) end \
+                 if budget > 0 then redis.call('INCRBY', KEYS[4], micros) \
+                 redis.call('PEXPIRE', KEYS[4], ARGV[13]) end \
+                 if kbudget > 0 then redis.call('INCRBY', KEYS[5], micros) \
+                 redis.call('PEXPIRE', KEYS[5], ARGV[13]) end \
                  if rpm > 0 then redis.call('ZADD', KEYS[1], now, ARGV[2]) \
                  redis.call('PEXPIRE', KEYS[1], 60000) end \
                  if conc > 0 then redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), ARGV[2]) \
@@ -140,20 +156,29 @@ impl Scripts {
                  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1]) \
                  redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1",
             ),
-            // KEYS: running, tokens. ARGV: owner, token delta (used -
-            // reserved), 1/0 held a running entry, 1/0 held a reservation.
+            // KEYS: running, tokens, spend, key spend. ARGV: owner, then a
+            // delta (charged - reserved) for each counter, "" where nothing
+            // was reserved; 1/0 held a running entry. A counter that expired
+            // (a new day or month) is left alone.
             settle: Script::new(
-                "if ARGV[3] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end \
-                 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then \
-                 local v = redis.call('INCRBY', KEYS[2], ARGV[2]) \
-                 if v < 0 then redis.call('INCRBY', KEYS[2], -v) end end return 1",
+                "if ARGV[5] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end \
+                 for i = 2, 4 do if ARGV[i] ~= '' and redis.call('EXISTS', KEYS[i]) == 1 then \
+                 local v = redis.call('INCRBY', KEYS[i], ARGV[i]) \
+                 if v < 0 then redis.call('INCRBY', KEYS[i], -v) end end end return 1",
             ),
-            // KEYS: rpm, running, tokens. ARGV: now_ms.
+            // KEYS: counters to set. ARGV: ttl_ms, then one value per key.
+            // Only a counter no replica holds yet is set (SET NX).
+            seed: Script::new(
+                "for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ARGV[1]) end \
+                 return #KEYS",
+            ),
+            // KEYS: rpm, running, tokens, spend. ARGV: now_ms.
             standing: Script::new(
                 "local now = tonumber(ARGV[1]) \
                  return {redis.call('ZCOUNT', KEYS[1], '(' .. (now - 60000), '+inf'), \
                  tonumber(redis.call('GET', KEYS[3]) or '0'), \
-                 redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')}",
+                 redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf'), \
+                 tonumber(redis.call('GET', KEYS[4]) or '0')}",
             ),
         }
     }
@@ -385,8 +410,9 @@ impl RedisStore {
     }
 
     /// The quota keys of `user`: its admissions in the last minute, its
-    /// requests running now, and its token counter for the UTC day of `now_ms`.
-    fn quota_keys(&self, user: &str, now_ms: u64) -> [String; 3] {
+    /// requests running now, its token counter for the UTC day of `now_ms`
+    /// and its spend in that UTC month.
+    fn quota_keys(&self, user: &str, now_ms: u64) -> [String; 4] {
         let user = login_key(user);
         [
             self.key("quota:rpm", &user),
@@ -395,7 +421,23 @@ impl RedisStore {
                 "quota:tokens",
                 format_args!("{user}:{}", now_ms / quota::DAY_MS),
             ),
+            self.spend_key(&user, now_ms),
         ]
+    }
+
+    fn spend_key(&self, user_key: &str, now_ms: u64) -> String {
+        self.key(
+            "quota:spend",
+            format_args!("{user_key}:{}", month_index(now_ms)),
+        )
+    }
+
+    /// A personal API key's spend in the UTC month of `now_ms`.
+    fn key_spend_key(&self, key_id: &str, now_ms: u64) -> String {
+        self.key(
+            "quota:keyspend",
+            format_args!("{}:{}", login_key(key_id), month_index(now_ms)),
+        )
     }
 }
 
@@ -408,33 +450,43 @@ struct RedisPermit {
     conn: ConnectionManager,
     scripts: std::sync::Arc<Scripts>,
     timeout: Duration,
-    running: String,
-    tokens: String,
+    /// running, tokens, spend, key spend.
+    keys: [String; 4],
     owner: String,
-    reserved: Option<u64>,
+    /// Tokens, the user's micro-units, the key's micro-units held.
+    reserved: [Option<u64>; 3],
 }
 
 impl Settle for RedisPermit {
-    fn settle(self: Box<Self>, tokens: u64) -> Option<BoxFuture<'static, ()>> {
+    fn settle(self: Box<Self>, charged: Charged) -> Option<BoxFuture<'static, ()>> {
         if let Some(renewal) = &self.renewal {
             renewal.abort();
         }
-        if self.renewal.is_none() && self.reserved.is_none() {
+        if self.renewal.is_none() && self.reserved.iter().all(Option::is_none) {
             return None; // a requests-per-minute entry only: it expires by itself
         }
         Some(
             async move {
-                let delta = match self.reserved {
-                    Some(reserved) => i128::from(tokens) - i128::from(reserved),
-                    None => 0,
-                };
-                let (delta, running, reserved) = (
-                    delta.to_string(),
-                    if self.renewal.is_some() { "1" } else { "0" },
-                    if self.reserved.is_some() { "1" } else { "0" },
-                );
-                let keys = [self.running.as_str(), self.tokens.as_str()];
-                let args = [self.owner.as_str(), &delta, running, reserved];
+                let charges = [charged.tokens, charged.micros, charged.micros];
+                let deltas: Vec<String> = self
+                    .reserved
+                    .iter()
+                    .zip(charges)
+                    .map(|(held, charged)| {
+                        held.map_or(String::new(), |held| {
+                            (i128::from(charged) - i128::from(held)).to_string()
+                        })
+                    })
+                    .collect();
+                let running = if self.renewal.is_some() { "1" } else { "0" };
+                let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+                let args = [
+                    self.owner.as_str(),
+                    &deltas[0],
+                    &deltas[1],
+                    &deltas[2],
+                    running,
+                ];
                 let settle = &self.scripts.settle;
                 if let Err(e) =
                     bounded::<i64>(self.timeout, self.conn.clone(), settle, &keys, &args).await
@@ -622,12 +674,22 @@ impl Store for RedisStore {
                 user,
                 limits,
                 reserve,
+                key,
+                reserve_micros,
+                currency,
                 now_ms,
             } = ask;
-            let keys = self.quota_keys(user, now_ms);
+            let key_budget = ask.key_budget();
+            let [rpm, running, tokens, spend] = self.quota_keys(user, now_ms);
+            let key_spend = match key {
+                Some((id, _)) => self.key_spend_key(id, now_ms),
+                None => self.key("quota:keyspend", "-"),
+            };
+            let keys = [rpm, running, tokens, spend, key_spend];
             let owner = uuid::Uuid::new_v4().simple().to_string();
             let running_ttl = self.lease_ttl.as_millis() as u64;
             let to_day_end = quota::until_next_day_ms(now_ms);
+            let to_month_end = quota::until_next_month_ms(now_ms);
             let args = [
                 now_ms.to_string(),
                 owner.clone(),
@@ -638,38 +700,41 @@ impl Store for RedisStore {
                 running_ttl.to_string(),
                 (to_day_end + quota::DAY_MS).to_string(),
                 to_day_end.to_string(),
+                limits.budget_per_month.to_string(),
+                key_budget.to_string(),
+                reserve_micros.to_string(),
+                (to_month_end + quota::DAY_MS).to_string(),
+                to_month_end.to_string(),
             ];
             let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
             let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
             // A lost answer is a 503 like any other; what the script may
             // have counted expires (running entries by the lease TTL).
             let answer: Vec<u64> = self.run(&self.scripts.admit, &key_refs, &arg_refs).await?;
-            let kind = match answer.as_slice() {
+            let refused = match answer.as_slice() {
                 [0] => None,
-                [1, ..] => Some(quota::Kind::RequestsPerMinute),
-                [2, ..] => Some(quota::Kind::TokensPerDay),
-                [3, ..] => Some(quota::Kind::Concurrent),
+                [1, ..] => Some((
+                    quota::Kind::RequestsPerMinute,
+                    limits.requests_per_minute,
+                    0,
+                )),
+                [2, ..] => Some((quota::Kind::TokensPerDay, limits.tokens_per_day, reserve)),
+                [3, ..] => Some((quota::Kind::Concurrent, limits.max_concurrent, 0)),
+                [4, ..] => Some((quota::Kind::Budget, limits.budget_per_month, reserve_micros)),
+                [5, ..] => Some((quota::Kind::KeyBudget, key_budget, reserve_micros)),
                 _ => return Err(StoreError("unexpected answer from the quota script".into())),
             };
-            if let Some(kind) = kind {
-                let limit = match kind {
-                    quota::Kind::RequestsPerMinute => limits.requests_per_minute,
-                    quota::Kind::TokensPerDay => limits.tokens_per_day,
-                    quota::Kind::Concurrent => limits.max_concurrent,
-                };
+            if let Some((kind, limit, reserve)) = refused {
                 return Ok(Admission::Refused(quota::Refusal {
                     kind,
                     limit,
                     used: answer.get(1).copied().unwrap_or(0),
-                    reserve: if kind == quota::Kind::TokensPerDay {
-                        reserve
-                    } else {
-                        0
-                    },
+                    reserve,
                     retry_after_secs: answer.get(2).copied().unwrap_or(1000).div_ceil(1000).max(1),
+                    currency,
                 }));
             }
-            let [_, running, tokens] = keys;
+            let [_, running, tokens, spend, key_spend] = keys;
             let renewal = (limits.max_concurrent > 0).then(|| {
                 let ttl = running_ttl;
                 let args = move |owner: &str| {
@@ -683,10 +748,13 @@ impl Store for RedisStore {
                 conn: self.conn.clone(),
                 scripts: self.scripts.clone(),
                 timeout: self.timeout,
-                running,
-                tokens,
+                keys: [running, tokens, spend, key_spend],
                 owner,
-                reserved: (limits.tokens_per_day > 0).then_some(reserve),
+                reserved: [
+                    (limits.tokens_per_day > 0).then_some(reserve),
+                    (limits.budget_per_month > 0).then_some(reserve_micros),
+                    (key_budget > 0).then_some(reserve_micros),
+                ],
             })))
         }
         .boxed()
@@ -698,14 +766,47 @@ impl Store for RedisStore {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let now = now_ms.to_string();
             let counts: Vec<u64> = self.run(&self.scripts.standing, &keys, &[&now]).await?;
-            let [requests_last_minute, tokens_today, in_flight] = counts[..] else {
+            let [requests_last_minute, tokens_today, in_flight, spent_month] = counts[..] else {
                 return Err(StoreError("unexpected answer from the quota script".into()));
             };
             Ok(Standing {
                 requests_last_minute,
                 tokens_today,
                 in_flight,
+                spent_month,
             })
+        }
+        .boxed()
+    }
+
+    fn seed<'a>(&'a self, seeds: &'a Seeds) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let now = seeds.now_ms;
+            let mut keys = Vec::new();
+            let mut values = Vec::new();
+            for (user, tokens) in &seeds.tokens_today {
+                keys.push(self.quota_keys(user, now)[2].clone());
+                values.push(tokens.to_string());
+            }
+            for (user, micros) in &seeds.spent_month {
+                keys.push(self.spend_key(&login_key(user), now));
+                values.push(micros.to_string());
+            }
+            for (key, micros) in &seeds.key_spent_month {
+                keys.push(self.key_spend_key(key, now));
+                values.push(micros.to_string());
+            }
+            // Long enough for a month; a day's counter simply outlives its
+            // day under a name no later request uses.
+            let ttl = (quota::until_next_month_ms(now) + quota::DAY_MS).to_string();
+            for (keys, values) in keys.chunks(500).zip(values.chunks(500)) {
+                let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let mut args: Vec<&str> = vec![&ttl];
+                args.extend(values.iter().map(String::as_str));
+                self.run::<i64>(&self.scripts.seed, &key_refs, &args)
+                    .await?;
+            }
+            Ok(())
         }
         .boxed()
     }

@@ -173,6 +173,8 @@ pub async fn list_users(
                 "requests_per_minute": u.limits.requests_per_minute,
                 "tokens_per_day": u.limits.tokens_per_day,
                 "max_concurrent": u.limits.max_concurrent,
+                "budget_per_month": (u.limits.budget_per_month > 0)
+                    .then(|| crate::usage::pricing::units(u.limits.budget_per_month as i64)),
                 "disabled": u.disabled,
             })
         })

@@ -18,6 +18,9 @@ pub struct UserRow {
     pub requests_per_minute: Option<i64>,
     pub tokens_per_day: Option<i64>,
     pub max_concurrent: Option<i64>,
+    /// Micro-units of the `[pricing]` currency; `None`: the default.
+    #[serde(serialize_with = "crate::usage::pricing::serialize_units")]
+    pub budget_per_month: Option<i64>,
     pub disabled: bool,
     /// Login tokens issued before this (Unix seconds) are refused.
     #[serde(skip)]
@@ -38,6 +41,9 @@ pub struct KeyRow {
     pub key_hash: String,
     pub models: Option<Vec<String>>,
     pub max_in_flight: i64,
+    /// Micro-units of the `[pricing]` currency; `None`: no budget of its own.
+    #[serde(serialize_with = "crate::usage::pricing::serialize_units")]
+    pub budget_per_month: Option<i64>,
     pub created_ms: i64,
     pub last_used_ms: Option<i64>,
     pub expires_ms: Option<i64>,
@@ -80,7 +86,8 @@ pub async fn request_reload(pool: &AnyPool) -> Result<(), sqlx::Error> {
 pub async fn users(pool: &AnyPool) -> Result<Vec<UserRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT username, password_hash, role, models, requests_per_minute, tokens_per_day, \
-         max_concurrent, disabled, tokens_valid_after, created_ms, updated_ms FROM users \
+         max_concurrent, budget_per_month, disabled, tokens_valid_after, created_ms, updated_ms \
+         FROM users \
          ORDER BY username",
     )
     .fetch_all(pool)
@@ -95,6 +102,7 @@ pub async fn users(pool: &AnyPool) -> Result<Vec<UserRow>, sqlx::Error> {
                 requests_per_minute: r.try_get("requests_per_minute")?,
                 tokens_per_day: r.try_get("tokens_per_day")?,
                 max_concurrent: r.try_get("max_concurrent")?,
+                budget_per_month: r.try_get("budget_per_month")?,
                 disabled: r.try_get::<i64, _>("disabled")? != 0,
                 tokens_valid_after: r.try_get("tokens_valid_after")?,
                 created_ms: r.try_get("created_ms")?,
@@ -108,8 +116,10 @@ pub async fn users(pool: &AnyPool) -> Result<Vec<UserRow>, sqlx::Error> {
 pub async fn insert_user(pool: &AnyPool, user: &UserRow) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO users (username, password_hash, role, models, requests_per_minute, \
-         tokens_per_day, max_concurrent, disabled, tokens_valid_after, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (username) DO NOTHING",
+         tokens_per_day, max_concurrent, disabled, tokens_valid_after, created_ms, updated_ms, \
+         budget_per_month) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (username) DO NOTHING",
     )
     .bind(&user.username)
     .bind(&user.password_hash)
@@ -122,6 +132,7 @@ pub async fn insert_user(pool: &AnyPool, user: &UserRow) -> Result<bool, sqlx::E
     .bind(user.tokens_valid_after)
     .bind(user.created_ms)
     .bind(user.updated_ms)
+    .bind(user.budget_per_month)
     .execute(pool)
     .await?;
     if done.rows_affected() == 1 {
@@ -135,7 +146,7 @@ pub async fn update_user(pool: &AnyPool, user: &UserRow) -> Result<bool, sqlx::E
     let done = sqlx::query(
         "UPDATE users SET password_hash = $1, role = $2, models = $3, requests_per_minute = $4, \
          tokens_per_day = $5, max_concurrent = $6, disabled = $7, tokens_valid_after = $8, \
-         updated_ms = $9 WHERE username = $10",
+         updated_ms = $9, budget_per_month = $10 WHERE username = $11",
     )
     .bind(&user.password_hash)
     .bind(&user.role)
@@ -146,6 +157,7 @@ pub async fn update_user(pool: &AnyPool, user: &UserRow) -> Result<bool, sqlx::E
     .bind(i64::from(user.disabled))
     .bind(user.tokens_valid_after)
     .bind(user.updated_ms)
+    .bind(user.budget_per_month)
     .bind(&user.username)
     .execute(pool)
     .await?;
@@ -175,7 +187,7 @@ pub async fn keys(pool: &AnyPool, username: Option<&str>) -> Result<Vec<KeyRow>,
     let user = username.unwrap_or_default().to_owned();
     let rows = sqlx::query(
         "SELECT id, username, name, prefix, key_hash, models, max_in_flight, created_ms, \
-         last_used_ms, expires_ms FROM api_keys WHERE ($1 = '' OR username = $2) \
+         last_used_ms, expires_ms, budget_per_month FROM api_keys WHERE ($1 = '' OR username = $2) \
          ORDER BY created_ms, id",
     )
     .bind(user.clone())
@@ -192,6 +204,7 @@ pub async fn keys(pool: &AnyPool, username: Option<&str>) -> Result<Vec<KeyRow>,
                 key_hash: r.try_get("key_hash")?,
                 models: models_of(r.try_get("models")?),
                 max_in_flight: r.try_get("max_in_flight")?,
+                budget_per_month: r.try_get("budget_per_month")?,
                 created_ms: r.try_get("created_ms")?,
                 last_used_ms: r.try_get("last_used_ms")?,
                 expires_ms: r.try_get("expires_ms")?,
@@ -203,7 +216,8 @@ pub async fn keys(pool: &AnyPool, username: Option<&str>) -> Result<Vec<KeyRow>,
 pub async fn insert_key(pool: &AnyPool, key: &KeyRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO api_keys (id, username, name, prefix, key_hash, models, max_in_flight, \
-         created_ms, last_used_ms, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         created_ms, last_used_ms, expires_ms, budget_per_month) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&key.id)
     .bind(&key.username)
@@ -215,6 +229,7 @@ pub async fn insert_key(pool: &AnyPool, key: &KeyRow) -> Result<(), sqlx::Error>
     .bind(key.created_ms)
     .bind(key.last_used_ms)
     .bind(key.expires_ms)
+    .bind(key.budget_per_month)
     .execute(pool)
     .await?;
     bump(pool).await

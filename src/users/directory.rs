@@ -42,12 +42,16 @@ pub struct Base {
     pub user_id_key: Vec<u8>,
     /// `auth.api_keys`: whether personal keys are accepted at all.
     pub api_keys: bool,
+    /// `[pricing]`: reloadable, like the rest (holidays change yearly).
+    pub pricing: Arc<crate::usage::Pricing>,
     /// The config users' passwords, as given and (once needed) all hashed.
     plain: OnceLock<Prepared>,
     hashed: OnceLock<Prepared>,
 }
 
 impl Base {
+    // One argument per config section it is built from.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         users: Vec<User>,
         quota_defaults: Limits,
@@ -56,6 +60,7 @@ impl Base {
         user_id: UserIdMode,
         user_id_key: Vec<u8>,
         api_keys: bool,
+        pricing: Arc<crate::usage::Pricing>,
     ) -> Self {
         Self {
             users,
@@ -65,6 +70,7 @@ impl Base {
             user_id,
             user_id_key,
             api_keys,
+            pricing,
             plain: OnceLock::new(),
             hashed: OnceLock::new(),
         }
@@ -152,6 +158,7 @@ impl Snapshot {
                     ),
                     tokens_per_day: limit(row.tokens_per_day, defaults.tokens_per_day),
                     max_concurrent: limit(row.max_concurrent, defaults.max_concurrent),
+                    budget_per_month: limit(row.budget_per_month, defaults.budget_per_month),
                 },
                 source: Source::Database,
                 tokens_valid_after: row.tokens_valid_after.max(0) as u64,
@@ -170,6 +177,7 @@ impl Snapshot {
                 owner: row.username,
                 models: row.models.as_deref().map(|m| base.served_models(m)),
                 max_in_flight: row.max_in_flight.max(1) as u64,
+                budget_per_month: row.budget_per_month.unwrap_or(0).max(0) as u64,
                 expires_ms: row.expires_ms,
             };
             keys.insert(hash, Arc::new(key));

@@ -25,6 +25,9 @@ pub struct NewKeyRequest {
     pub models: Option<Vec<String>>,
     #[serde(default)]
     pub max_in_flight: Option<i64>,
+    /// In the `[pricing]` currency, at most the owner's budget.
+    #[serde(default)]
+    pub budget_per_month: Option<f64>,
 }
 
 /// A key just made: the only time the key itself is shown.
@@ -111,6 +114,19 @@ pub async fn create_key(
             }
         }
     }
+    let budget_per_month = check_budget(request.budget_per_month)?.filter(|&b| b > 0);
+    let owner_budget = account.limits.budget_per_month;
+    if let Some(budget) = budget_per_month {
+        if owner_budget > 0 && budget as u64 > owner_budget {
+            return Err(refused(
+                "invalid_budget",
+                format!(
+                    "a key's budget_per_month must be at most its owner's ({})",
+                    crate::usage::pricing::format_units(owner_budget as i64)
+                ),
+            ));
+        }
+    }
     let expires_ms = match request.expires_in_days {
         None => None,
         Some(days @ 1..=3650) => Some(now_ms() + i64::try_from(days).unwrap_or(0) * 86_400_000),
@@ -140,6 +156,7 @@ pub async fn create_key(
         key_hash: encode_hash(&new.hash),
         models: request.models,
         max_in_flight,
+        budget_per_month,
         created_ms: now_ms(),
         last_used_ms: None,
         expires_ms,
@@ -170,6 +187,9 @@ pub struct UserRequest {
     pub tokens_per_day: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
     pub max_concurrent: Option<Option<i64>>,
+    /// In the `[pricing]` currency; `null` returns to the default.
+    #[serde(default, deserialize_with = "present")]
+    pub budget_per_month: Option<Option<f64>>,
     #[serde(default)]
     pub disabled: Option<bool>,
 }
@@ -225,6 +245,18 @@ fn check_limit(value: Option<i64>) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// A budget in currency units to micro-units (0 or more, 6 decimals).
+fn check_budget(value: Option<f64>) -> Result<Option<i64>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(Some((v * 1e6).round() as i64)),
+        Some(_) => Err(refused(
+            "invalid_budget",
+            "budget_per_month is an amount of 0 (no budget) or more in the gateway's currency",
+        )),
+    }
+}
+
 /// Hashing is slow by design: off the async workers.
 async fn hash_password(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || crate::auth::password::hash(&password))
@@ -260,6 +292,7 @@ pub async fn add_user(
         requests_per_minute: check_limit(request.requests_per_minute.flatten())?,
         tokens_per_day: check_limit(request.tokens_per_day.flatten())?,
         max_concurrent: check_limit(request.max_concurrent.flatten())?,
+        budget_per_month: check_budget(request.budget_per_month.flatten())?,
         disabled: request.disabled.unwrap_or(false),
         tokens_valid_after: 0,
         created_ms: now,
@@ -362,6 +395,9 @@ pub async fn update_user(
     }
     if let Some(v) = request.max_concurrent {
         row.max_concurrent = check_limit(v)?;
+    }
+    if let Some(v) = request.budget_per_month {
+        row.budget_per_month = check_budget(v)?;
     }
     if let Some(disabled) = request.disabled {
         row.disabled = disabled;

@@ -70,6 +70,8 @@ pub struct ApiKey {
     pub models: Option<HashSet<String>>,
     /// Requests in flight at once (the seed's rule is 1).
     pub max_in_flight: u64,
+    /// Micro-units per UTC month; 0: only the owner's budget applies.
+    pub budget_per_month: u64,
     pub expires_ms: Option<i64>,
     /// The key's slots are `slot_seed + 0 .. max_in_flight`.
     pub slot_seed: u128,
