@@ -231,7 +231,9 @@ def test_spend_appears_in_my_usage_after_a_chat(new_page):
     value = float(month.inner_text().lstrip("¥$").replace(",", ""))
     assert value > 0, month.inner_text()
     expect(page.locator("#usage-chart canvas")).to_have_count(1)
-    expect(page.locator("#usage-body table").first).to_contain_text("deepseek-flash")
+    tables = page.locator("#usage-body .table-wrap table")
+    expect(tables.nth(0)).to_contain_text("deepseek-flash")  # by model
+    expect(tables.nth(1)).to_contain_text("login tokens")  # by key: the console used a login token
 
 
 def test_an_admin_adds_a_user_who_logs_in_and_then_disables_them(new_page):
