@@ -141,6 +141,7 @@ const STRINGS = {
     "usage.col.cost": "Cost",
     "usage.col.cache_hit": "Cache hit",
     "usage.login_tokens": "login tokens",
+    "usage.no_model": "no model",
     "usage.empty": "No usage in the last 30 days. Send a message in Chat, or use one of your keys, then come back here.",
     "usage.empty_table": "Nothing here yet.",
 
@@ -355,6 +356,7 @@ const STRINGS = {
     "usage.col.cost": "费用",
     "usage.col.cache_hit": "缓存命中率",
     "usage.login_tokens": "登录令牌",
+    "usage.no_model": "无模型",
     "usage.empty": "最近 30 天没有用量。先在“对话”里发一条消息，或用你的密钥调用一次，再回来查看。",
     "usage.empty_table": "暂无数据。",
 

@@ -95,9 +95,9 @@ function render() {
         quotaLine("max_concurrent", quotas.max_concurrent))),
     h("section", { class: "card" }, h("h2", { text: t("usage.chart") }),
       anyUsage ? chartBox : h("p", { class: "empty", text: t("usage.empty") })),
-    h("div", { class: "split" },
+    h("div", { class: "stack" },
       h("section", { class: "card" }, h("h2", { text: t("usage.by_model") }),
-        totalsTable(data.by_model, "model", (row) => row.key, t("usage.by_model"))),
+        totalsTable(data.by_model, "model", (row) => (row.key && row.key !== "-" ? row.key : t("usage.no_model")), t("usage.by_model"))),
       h("section", { class: "card" }, h("h2", { text: t("usage.by_key") }),
         totalsTable(data.by_key, "key", (row) => {
           if (row.key === "-" || !row.key) return t("usage.login_tokens");
@@ -140,7 +140,7 @@ function drawChart(box, days) {
     width: chartWidth(box),
     height: 240,
     tzDate: (ts) => UPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
-    scales: { x: { time: true }, cost: { auto: true, range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] }, tokens: { auto: true, range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] } },
+    scales: { x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] }, cost: { auto: true, range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] }, tokens: { auto: true, range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] } },
     series: [
       { value: (u, v) => (v == null ? "" : new Date(v * 1000).toISOString().slice(0, 10)) },
       { label: t("usage.series.cost", { currency: fmt.getCurrency() }), scale: "cost", stroke: costColor, fill: `${costColor}55`, paths: bars, value: (u, v) => fmt.money(v) },

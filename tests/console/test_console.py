@@ -187,6 +187,7 @@ def test_a_key_made_in_the_console_works_with_the_openai_sdk_and_revoking_it_end
     go(page, "keys")
     name = f"sdk-{uuid.uuid4().hex[:6]}"
     page.get_by_label("Name", exact=True).fill(name)
+    page.locator("#view-keys").get_by_label("Budget per month (CNY)", exact=True).fill("5")
     page.get_by_role("button", name="Create a key", exact=True).click()
     key_box = page.get_by_label("Key", exact=True)
     expect(key_box).to_be_visible()
@@ -201,6 +202,7 @@ def test_a_key_made_in_the_console_works_with_the_openai_sdk_and_revoking_it_end
     expect(page.get_by_role("button", name="Copy key", exact=True)).to_be_visible()
     row = page.locator("#key-list tr", has_text=name)
     expect(row).to_have_count(1)
+    expect(row).to_contain_text("¥5.00")  # the key's own budget
     assert key not in page.locator("#key-list").inner_text()  # only the prefix is listed
 
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)
@@ -268,6 +270,27 @@ def test_an_admin_adds_a_user_who_logs_in_and_then_disables_them(new_page):
     # Their open session ends too: the next call is refused and the console returns to the login form.
     alice.page.reload()
     expect(alice.page.locator("#login-form").get_by_label("Username", exact=True)).to_be_visible()
+
+
+def test_a_user_over_budget_reads_when_it_resets(new_page):
+    admin = new_page()
+    logged_in(admin.page, *ADMIN)
+    go(admin.page, "admin")
+    name = f"bob{uuid.uuid4().hex[:6]}"
+    form = admin.page.locator("#user-form")
+    form.get_by_label("Username", exact=True).fill(name)
+    form.get_by_label("Password", exact=True).fill("correct horse")
+    form.get_by_label("Budget per month (CNY)", exact=True).fill("0.000001")
+    admin.page.get_by_role("button", name="Add user", exact=True).click()
+    expect(admin.page.locator(f'#user-list tr[data-user="{name}"]')).to_contain_text("¥0.000001")
+
+    bob = new_page()
+    logged_in(bob.page, name, "correct horse")
+    send_message(bob.page, "too expensive")
+    reply = wait_reply_done(bob.page)
+    expect(reply.locator(".error")).to_contain_text("Your monthly budget is used up. It resets")
+    go(bob.page, "usage")
+    expect(bob.page.locator("#usage-body .quota").first).to_contain_text("of ¥0.000001 used")
 
 
 def test_admin_sees_everyones_usage_and_requests_in_flight(new_page, base_url):
@@ -349,7 +372,7 @@ def test_desktop_screenshots_of_each_page(new_page, shots):
     page.goto("/console/")
     page.screenshot(path=str(shots / "login.png"))
     logged_in(page, *ADMIN)
-    send_message(page, "用一句话介绍一下 deepseek_proxy")
+    send_message(page, "In one sentence: what does deepseek_proxy do for a team?")
     reply = wait_reply_done(page)
     reply.locator("details.reasoning summary").click()
     expect(reply.locator('[data-testid="reply-cost"]')).not_to_contain_text("waiting", timeout=8000)
