@@ -272,6 +272,31 @@ def test_an_admin_adds_a_user_who_logs_in_and_then_disables_them(new_page):
     expect(alice.page.locator("#login-form").get_by_label("Username", exact=True)).to_be_visible()
 
 
+def test_a_key_whose_cache_hits_dropped_is_flagged(new_page, base_url):
+    w = new_page()
+    logged_in(w.page, *USER)
+    page = w.page
+    go(page, "keys")
+    page.get_by_label("Name", exact=True).fill("n8n-job")
+    page.get_by_role("button", name="Create a key", exact=True).click()
+    expect(page.locator("#key-list tr", has_text="n8n-job")).to_have_count(1)
+
+    # The gateway's own answer, with this key's alert raised.
+    def alert(route):
+        response = route.fetch()
+        body = response.json()
+        for key in body.get("keys", []):
+            if key["name"] == "n8n-job":
+                key["cache_alert"] = True
+        route.fulfill(response=response, json=body)
+
+    page.route("**/v1/usage/me", alert)
+    go(page, "usage")
+    go(page, "keys")
+    row = page.locator("#key-list tr", has_text="n8n-job")
+    expect(row.locator(".badge.warn")).to_have_text("⚠ Cache hits dropped")
+
+
 def test_a_user_over_budget_reads_when_it_resets(new_page):
     admin = new_page()
     logged_in(admin.page, *ADMIN)
@@ -362,6 +387,8 @@ def test_every_page_fits_a_phone_and_gets_a_screenshot(new_page, shots):
     for view in VIEWS:
         go(page, view)
         page.wait_for_load_state("networkidle")
+        if view == "usage":
+            expect(page.locator("#usage-chart canvas")).to_have_count(1)
         assert no_sideways_scroll(page), f"{view} scrolls sideways at 375 px"
         page.screenshot(path=str(shots / f"phone-{view}.png"), full_page=True)
 
