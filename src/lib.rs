@@ -16,6 +16,7 @@ pub mod check;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod error;
 pub mod formats;

@@ -2,7 +2,8 @@
 //!
 //! Authentication is on by default: routes are added to `protected`, which
 //! gets the token check as a route layer. Only the short list in `public`
-//! is reachable without a token.
+//! is reachable without a token (login, health, and the console's static
+//! files, whose every API call carries the user's own token).
 //!
 //! Layers, outermost first (a request passes them top to bottom):
 //! 1. `access_log`: client IP, request id, one log line when the body ends.
@@ -79,7 +80,8 @@ pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/auth/login", post(login))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .merge(crate::console::routes());
 
     let app = with_slot
         .merge(protected)
