@@ -143,7 +143,9 @@ fn render(rows: &[Totals], by: GroupBy, currency: &str) -> String {
         ));
     }
     if rows.iter().any(|t| t.cost_estimated_micros > 0) {
-        out.push_str("* includes estimates for requests that ended before DeepSeek reported usage\n");
+        out.push_str(
+            "* includes estimates for requests that ended before DeepSeek reported usage\n",
+        );
     }
     if rows.is_empty() {
         out.push_str("(no requests in this period)\n");

@@ -221,10 +221,11 @@ impl Metrics {
                 .tokens
                 .with_label_values(&[o.user, o.model, "cache_miss"])
                 .get();
-            if hits + misses > 0 {
+            let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            if let Some(ratio) = crate::usage::pricing::hit_ratio(clamp(hits), clamp(misses)) {
                 self.cache_hit_ratio
                     .with_label_values(&[o.user, o.model])
-                    .set(hits as f64 / (hits + misses) as f64);
+                    .set(ratio);
             }
         }
         if let Some(cost) = o.cost {

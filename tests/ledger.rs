@@ -230,8 +230,13 @@ async fn every_kind_of_request_lands_in_sqlite_with_the_right_numbers() {
         .expect("user1 row");
     assert_eq!(user1.split_whitespace().nth(1), Some("1"), "{by_user}");
     assert!(
-        user1.split_whitespace().nth(5).is_some_and(|n| n != "0"),
+        user1.split_whitespace().nth(6).is_some_and(|n| n != "0"),
         "estimate shown: {by_user}"
+    );
+    // Its cost is an estimate, and marked so.
+    assert!(
+        user1.split_whitespace().nth(7).is_some_and(|c| c.ends_with('*')),
+        "estimated cost marked: {by_user}"
     );
     assert!(usage("model").contains("deepseek-v4-pro"));
     let today = usage("day");

@@ -11,6 +11,7 @@
 //! the usage tap's per-chunk delay (see `tap/`), which the full run and
 //! `--smoke` include.
 //! `BENCH_GATEWAY_WORKERS=N` sets the gateway's tokio worker threads.
+//! `BENCH_JOURNAL=off` turns the ledger's crash journal off.
 //! For A/B runs: `BENCH_GATEWAY_BIN=PATH` runs that gateway binary instead
 //! of the one just built, and `BENCH_STREAMS=1000,5000` replaces the plan's
 //! stream counts (`--quick` has none). `BENCH_LOG_DIR=DIR` keeps the

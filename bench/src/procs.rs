@@ -169,6 +169,10 @@ fn config(users: usize, fake_base: &str, state: &str, ledger: &std::path::Path) 
          [storage]\nsqlite_path = \"{}\"\n",
         ledger.display()
     ));
+    // `BENCH_JOURNAL=off`: the ledger without its crash journal, for A/B.
+    if std::env::var("BENCH_JOURNAL").is_ok_and(|v| v == "off") {
+        text.push_str("journal_path = \"off\"\n");
+    }
     text
 }
 

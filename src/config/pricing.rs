@@ -112,14 +112,12 @@ fn default_models(currency: Currency) -> HashMap<String, ModelPrices> {
 /// A price in currency units as whole micro-units; finer prices, negative
 /// ones and non-numbers are refused.
 pub(super) fn micros(key: &str, value: f64) -> Result<u64, ConfigError> {
-    let scaled = value * 1e6;
-    if !value.is_finite() || value < 0.0 || scaled > 1e15 {
-        return Err(invalid(key, "must be a price of 0 or more (e.g. 0.5)"));
-    }
-    if (scaled - scaled.round()).abs() > 1e-3 {
-        return Err(invalid(key, "has more than 6 decimal places"));
-    }
-    Ok(scaled.round() as u64)
+    crate::usage::pricing::micros_of(value).ok_or_else(|| {
+        invalid(
+            key,
+            "must be an amount of 0 or more with at most 6 decimal places (e.g. 0.5)",
+        )
+    })
 }
 
 /// `HH:MM` or `HH:MM:SS` to seconds after midnight (`24:00` allowed).
@@ -291,6 +289,7 @@ mod tests {
         assert!(e("currency = \"EUR\"").contains("pricing.currency"));
         assert!(e("tool_call = -1").contains("pricing.tool_call"));
         assert!(e("tool_call = 0.0000001").contains("6 decimal places"));
+        assert!(e("tool_call = nan").contains("pricing.tool_call"));
         assert!(e("holidays = [\"2027-02-30\"]").contains("pricing.holidays[0]"));
         assert!(e("peak_hours = [\"12:00-09:00\"]").contains("pricing.peak_hours[0]"));
         assert!(e("peak_hours = [\"9:00-12:00\"]").contains("pricing.peak_hours[0]"));

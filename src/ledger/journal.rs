@@ -144,7 +144,12 @@ impl Journal {
     }
 
     /// The sealed segment's rows were written (`ok`), or some were not.
+    /// A failed batch may also hold rows of the current segment (queued
+    /// after the seal), so that one is kept too.
     pub fn written(&self, sealed: Sealed, ok: bool) {
+        if !ok {
+            self.lock().lossy = true;
+        }
         if ok && !sealed.lossy {
             Self::discard(&[sealed.path]);
         } else {
@@ -231,7 +236,16 @@ mod tests {
         journal.append(line(&row("b")), || true);
         journal.append(line(&row("c")), || false);
         journal.written(sealed, true);
-        // "a" was written; "b" and "c" are what a crash leaves.
+        // A failed batch keeps the segment being written too.
+        journal.append(line(&row("e")), || true);
+        let failed = journal.seal().unwrap();
+        journal.append(line(&row("b")), || true);
+        journal.written(failed, false);
+        assert!(
+            journal.seal().unwrap().lossy,
+            "the next segment is kept too"
+        );
+        // "b", "c" and "e" stay (a dropped row, a failed batch), then "b".
         drop(journal);
         let mut torn = serde_json::to_vec(&row("torn")).unwrap();
         torn.truncate(10);
@@ -243,7 +257,7 @@ mod tests {
             .unwrap();
         let (journal, rows, files) = Journal::open(&path).unwrap();
         let ids: Vec<_> = rows.iter().map(|r| r.request_id.as_str()).collect();
-        assert_eq!(ids, ["b", "c"]);
+        assert_eq!(ids, ["b", "c", "e", "b"]);
         assert_eq!(rows[0].cost_micros, Some(7));
         Journal::discard(&files);
         journal.append(line(&row("d")), || false);

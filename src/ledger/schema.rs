@@ -295,7 +295,8 @@ pub async fn totals(
          CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, \
          CAST(COALESCE(SUM(completion_tokens_estimated), 0) AS BIGINT) AS estimated, \
          CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached, \
-         CAST(COALESCE(SUM(prompt_tokens - COALESCE(cached_tokens, 0)), 0) AS BIGINT) AS miss, \
+         CAST(COALESCE(SUM(CASE WHEN prompt_tokens > COALESCE(cached_tokens, 0) \
+         THEN prompt_tokens - COALESCE(cached_tokens, 0) ELSE 0 END), 0) AS BIGINT) AS miss, \
          CAST(COALESCE(SUM(billable), 0) AS BIGINT) AS billable, \
          CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost, \
          CAST(COALESCE(SUM(CASE WHEN cost_estimated = 1 THEN cost_micros ELSE 0 END), 0) \

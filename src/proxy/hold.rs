@@ -87,7 +87,7 @@ impl Bill {
             currency: prices.currency,
         });
         Billed {
-            tokens: usage.prompt_tokens + usage.completion_tokens,
+            tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
             cost,
         }
     }

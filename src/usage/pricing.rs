@@ -123,7 +123,7 @@ impl PriceList {
                 let hit = usage.cached_tokens.min(usage.prompt_tokens);
                 // DeepSeek reports hits and misses; a format that reports
                 // only the prompt and its hits leaves the rest as misses.
-                let miss = usage.prompt_tokens - hit;
+                let miss = usage.cache_misses();
                 let total = u128::from(hit) * u128::from(rates.input_cache_hit)
                     + u128::from(miss) * u128::from(rates.input_cache_miss)
                     + u128::from(usage.completion_tokens) * u128::from(rates.output);
@@ -173,6 +173,14 @@ impl Pricing {
             currency: self.currency,
         })
     }
+}
+
+/// An amount in currency units as whole micro-units: `None` for a negative
+/// amount, a non-number, more than 6 decimal places or over 10^9 units.
+pub fn micros_of(units: f64) -> Option<u64> {
+    let scaled = units * 1e6;
+    let whole = units.is_finite() && (0.0..=1e9).contains(&units);
+    (whole && (scaled - scaled.round()).abs() <= 1e-3).then(|| scaled.round() as u64)
 }
 
 /// Micro-units as a decimal number of the currency (for JSON).

@@ -32,6 +32,14 @@ pub struct Usage {
     pub reasoning_tokens: u64,
 }
 
+impl Usage {
+    /// Input tokens that missed the cache: the prompt less its hits (the
+    /// one rule for pricing, metrics and the ledger's totals).
+    pub fn cache_misses(&self) -> u64 {
+        self.prompt_tokens - self.cached_tokens.min(self.prompt_tokens)
+    }
+}
+
 #[derive(Debug)]
 pub struct Tap {
     format: Format,

@@ -249,11 +249,14 @@ fn check_limit(value: Option<i64>) -> Result<Option<i64>, ApiError> {
 fn check_budget(value: Option<f64>) -> Result<Option<i64>, ApiError> {
     match value {
         None => Ok(None),
-        Some(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(Some((v * 1e6).round() as i64)),
-        Some(_) => Err(refused(
-            "invalid_budget",
-            "budget_per_month is an amount of 0 (no budget) or more in the gateway's currency",
-        )),
+        Some(v) => match crate::usage::pricing::micros_of(v) {
+            Some(micros) => Ok(Some(micros as i64)),
+            None => Err(refused(
+                "invalid_budget",
+                "budget_per_month is an amount of 0 (no budget) or more in the gateway's \
+                 currency, with at most 6 decimal places",
+            )),
+        },
     }
 }
 
