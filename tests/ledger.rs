@@ -235,7 +235,10 @@ async fn every_kind_of_request_lands_in_sqlite_with_the_right_numbers() {
     );
     // Its cost is an estimate, and marked so.
     assert!(
-        user1.split_whitespace().nth(7).is_some_and(|c| c.ends_with('*')),
+        user1
+            .split_whitespace()
+            .nth(7)
+            .is_some_and(|c| c.ends_with('*')),
         "estimated cost marked: {by_user}"
     );
     assert!(usage("model").contains("deepseek-v4-pro"));
