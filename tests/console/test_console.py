@@ -331,11 +331,16 @@ def test_admin_sees_everyones_usage_and_requests_in_flight(new_page, base_url):
     expect(page.locator("#admin-usage table")).to_contain_text("admin")
     # A request in flight shows up without reloading the page.
     token = page.evaluate("() => sessionStorage.getItem('dsp_console_token')")
+    # Earlier tests may still have a user1 stream running (the login cache
+    # hands this test the same token, which would then be busy): wait for
+    # the gateway to be idle first, as the admin page itself shows it.
+    expect(page.locator("#admin-active")).to_contain_text("Nothing is running", timeout=40_000)
     other = new_page()
     logged_in(other.page, *USER)
     other.page.route("**/v1/chat/completions", lambda route: route.continue_(post_data=json.dumps(
         {**json.loads(route.request.post_data), "_fake": {"chunks": 300, "chunk_delay_ms": 100}})))
     send_message(other.page, "long running")
+    expect(other.page.get_by_role("button", name="Stop", exact=True)).to_be_visible()
     expect(page.locator("#admin-active table")).to_contain_text("user1", timeout=8000)
     other.page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.locator("#admin-active")).to_contain_text("Nothing is running", timeout=8000)
