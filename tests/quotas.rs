@@ -31,15 +31,7 @@ async fn tokens(app: &TestApp, n: usize) -> Vec<String> {
 }
 
 async fn me(app: &TestApp, token: &str) -> Value {
-    let response = app
-        .http
-        .get(app.url("/v1/usage/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("usage/me");
-    assert_eq!(response.status(), 200);
-    response.json().await.expect("json")
+    app.get_json("/v1/usage/me", token).await
 }
 
 fn completions(app: &TestApp) -> usize {

@@ -242,15 +242,7 @@ async fn fifty_racing_requests_cannot_overspend_a_monthly_budget() {
 }
 
 async fn me(app: &TestApp, token: &str) -> Value {
-    let response = app
-        .http
-        .get(app.url("/v1/usage/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    app.get_json("/v1/usage/me", token).await
 }
 
 async fn new_key(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
@@ -364,42 +356,17 @@ async fn cost_and_cache_hit_ratio_are_shown_wherever_usage_is() {
     assert_eq!(me["by_model"][0]["key"], "deepseek-flash");
     let admin = app.token(ADMIN).await;
     for by in ["user", "model", "day", "key"] {
-        let usage: Value = app
-            .http
-            .get(app.url(&format!("/admin/usage?group_by={by}")))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let usage = app
+            .get_json(&format!("/admin/usage?group_by={by}"), &admin)
+            .await;
         assert_eq!(usage["currency"], "CNY");
         assert_eq!(usage["rows"][0]["cost_micros"], cost, "{by}: {usage}");
         assert_eq!(usage["rows"][0]["cache_hit_ratio"], 0.75);
     }
-    let mine: Value = app
-        .http
-        .get(app.url("/v1/usage/me/requests?limit=5"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mine = app.get_json("/v1/usage/me/requests?limit=5", &token).await;
     assert_eq!(mine["rows"][0]["request_id"], row.request_id.as_str());
     assert_eq!(mine["rows"][0]["cost"].as_f64().unwrap(), cost as f64 / 1e6);
-    let pricing: Value = app
-        .http
-        .get(app.url("/v1/pricing"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pricing = app.get_json("/v1/pricing", &token).await;
     assert_eq!(pricing["peak_now"], true);
     assert_eq!(
         pricing["models"]["deepseek-flash"]["peak"]["input_cache_miss"],

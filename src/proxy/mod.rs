@@ -254,9 +254,7 @@ async fn completion(
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::usage::calendar::now_ms()
 }
 
 /// Sends the request (failing over as `failover` says) and relays the

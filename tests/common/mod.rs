@@ -268,6 +268,19 @@ impl TestApp {
         body["token"].as_str().expect("token").to_owned()
     }
 
+    /// `GET path` with `token`; asserts a 200 and returns the JSON body.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("a GET");
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("json")
+    }
+
     pub async fn chat(&self, token: &str, body: &Value) -> reqwest::Response {
         self.chat_at("/v1/chat/completions", token, body).await
     }
