@@ -338,8 +338,11 @@ def test_admin_sees_everyones_usage_and_requests_in_flight(new_page, base_url):
     other = new_page()
     logged_in(other.page, *USER)
     other.page.route("**/v1/chat/completions", lambda route: route.continue_(post_data=json.dumps(
-        {**json.loads(route.request.post_data), "_fake": {"chunks": 300, "chunk_delay_ms": 100}})))
-    send_message(other.page, "long running")
+        {**json.loads(route.request.post_data), "_fake": {"chunks": 300, "chunk_delay_ms": 500}})))
+    # The fake streams one word a chunk at most, and it echoes what it was
+    # sent: a 40-word reply at 500 ms a chunk outlives the admin page's 3 s
+    # poll by far (a two-word message made a 1 s stream, and a flaky test).
+    send_message(other.page, "long running " * 15)
     expect(other.page.get_by_role("button", name="Stop", exact=True)).to_be_visible()
     expect(page.locator("#admin-active table")).to_contain_text("user1", timeout=8000)
     other.page.get_by_role("button", name="Stop", exact=True).click()
