@@ -6,6 +6,7 @@
 //! [`proxy::relay`] body, with its [`usage`] tap). Errors are
 //! [`error::ApiError`], worded in each format's dialect.
 
+pub mod ablation;
 pub mod access_log;
 pub mod active;
 pub mod admin;

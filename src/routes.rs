@@ -87,7 +87,13 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .merge(public)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    if crate::ablation::off(crate::ablation::Part::Layers) {
+        return app
+            .layer(from_fn_with_state(state.clone(), access_log))
+            .with_state(state);
+    }
+    let app = app
         .layer(map_response(no_store_for_auth))
         .layer(map_response(dialect));
     with_layers(app, state)

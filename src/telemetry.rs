@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -13,6 +14,14 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether the log is JSON (so the access log passes its fields as the
+/// event's own, not as one formatted message).
+pub fn is_json() -> bool {
+    JSON.load(Ordering::Relaxed)
 }
 
 pub fn init(format: LogFormat) {
@@ -32,6 +41,7 @@ fn init_with<W>(format: LogFormat, writer: W, ansi: bool)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -24,6 +24,8 @@ mod tap;
 
 pub use plan::Plan;
 use procs::{Gateway, Procs};
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 #[tokio::main]
@@ -72,10 +74,7 @@ async fn run(plan: &Plan, smoke: bool, json_path: &str) -> Result<(), String> {
         .max(plan.tap_streams);
     let mut procs = Procs::start(users, smoke).await?;
     let mut report = Report {
-        table: vec![
-            "| measurement | direct to fake | memory gateway | redis gateway |".to_owned(),
-            "|---|---|---|---|".to_owned(),
-        ],
+        table: Vec::new(),
         others: Vec::new(),
         results: serde_json::Map::new(),
     };
@@ -116,23 +115,33 @@ pub struct Report {
 }
 
 /// Latency, throughput, concurrent streams and logins.
+///
+/// Every measurement runs against direct (the fake itself), then each peer:
+/// the bare hyper proxy and nginx (the floor: proxies that do no work), then
+/// the gateways. The targets of issue 15 are read off the same run.
 async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(), String> {
     let direct = procs.direct();
-    let gateways: Vec<Gateway> = procs.gateways();
+    let peers: Vec<Gateway> = procs.peers();
+    let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+    report.table = vec![
+        format!("| measurement | direct to fake | {} |", names.join(" | ")),
+        format!("|---|---|{}", "---|".repeat(names.len())),
+    ];
+    let mut seen = Seen::default();
 
     // 1. Latency at concurrency 1.
     let direct_lat = load::latency(&direct, None, plan.latency_requests).await?;
     let mut lat_cols = Vec::new();
-    for gw in &gateways {
-        let token = gw.tokens.first().cloned();
-        let lat = load::latency(&gw.target, token, plan.latency_requests).await?;
-        lat_cols.push((gw.name.clone(), lat));
+    for peer in &peers {
+        let token = peer.tokens.first().cloned();
+        let lat = load::latency(&peer.target, token, plan.latency_requests).await?;
+        lat_cols.push(lat);
     }
     for (label, pick) in [("p50", 0usize), ("p99", 1), ("max", 2)] {
         let d = direct_lat.get(pick);
         let cells: Vec<String> = lat_cols
             .iter()
-            .map(|(_, l)| format!("{:.1} µs (+{:.1})", l.get(pick), l.get(pick) - d))
+            .map(|l| format!("{:.1} µs (+{:.1})", l.get(pick), l.get(pick) - d))
             .collect();
         report.table.push(row(
             &format!("latency {label}, concurrency 1"),
@@ -143,48 +152,14 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
     report
         .results
         .insert("latency_direct_us".into(), direct_lat.to_json());
-    for (name, l) in &lat_cols {
+    for (peer, l) in peers.iter().zip(&lat_cols) {
+        seen.added_p50
+            .insert(peer.name.clone(), l.get(0) - direct_lat.get(0));
+        seen.added_p99
+            .insert(peer.name.clone(), l.get(1) - direct_lat.get(1));
         report
             .results
-            .insert(format!("latency_{name}_us"), l.to_json());
-    }
-
-    // nginx, when installed: the same pass-through with no work done.
-    if let Some((target, pid)) = procs.nginx() {
-        let lat = load::latency(&target, None, plan.latency_requests).await?;
-        let tp = load::throughput(
-            &target,
-            &[],
-            plan.throughput_conns,
-            plan.throughput_secs,
-            Some(pid),
-        )
-        .await?;
-        report.others.push(vec![
-            "| nginx (proxy_buffering off, keep-alive upstream) | value |".to_owned(),
-            "|---|---|".to_owned(),
-            format!(
-                "| latency p50, concurrency 1 | {:.1} µs (+{:.1}) |",
-                lat.get(0),
-                lat.get(0) - direct_lat.get(0)
-            ),
-            format!(
-                "| latency p99, concurrency 1 | {:.1} µs (+{:.1}) |",
-                lat.get(1),
-                lat.get(1) - direct_lat.get(1)
-            ),
-            format!(
-                "| throughput, {} connections | {:.0}/s |",
-                plan.throughput_conns, tp.rps
-            ),
-        ]);
-        report
-            .results
-            .insert("latency_nginx_us".into(), lat.to_json());
-        report.results.insert(
-            "throughput_nginx".into(),
-            json!({"rps": tp.rps, "errors": tp.errors}),
-        );
+            .insert(format!("latency_{}_us", peer.name), l.to_json());
     }
 
     // 2. Throughput over distinct tokens.
@@ -192,23 +167,29 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
     let direct_tp = load::throughput(&direct, &[], conns, plan.throughput_secs, None).await?;
     let mut tp_cells = Vec::new();
     let mut cpu_cells = Vec::new();
-    for gw in &gateways {
+    for peer in &peers {
         let tp = load::throughput(
-            &gw.target,
-            &gw.tokens,
+            &peer.target,
+            &peer.tokens,
             conns,
             plan.throughput_secs,
-            Some(gw.pid),
+            Some(peer.pid),
         )
         .await?;
+        let errors = if tp.errors > 0 {
+            format!(", {} errors", tp.errors)
+        } else {
+            String::new()
+        };
         tp_cells.push(format!(
-            "{:.0}/s ({:.0}% of direct)",
+            "{:.0}/s ({:.2} of direct{errors})",
             tp.rps,
-            100.0 * tp.rps / direct_tp.rps
+            tp.rps / direct_tp.rps
         ));
         cpu_cells.push(format!("{:.1} µs", tp.cpu_us_per_request));
+        seen.rps.insert(peer.name.clone(), tp.rps);
         report.results.insert(
-            format!("throughput_{}", gw.name),
+            format!("throughput_{}", peer.name),
             json!({"rps": tp.rps, "errors": tp.errors, "cpu_us_per_request": tp.cpu_us_per_request}),
         );
     }
@@ -217,41 +198,48 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
         json!({"rps": direct_tp.rps, "errors": direct_tp.errors}),
     );
     report.table.push(row(
-        &format!("throughput, {conns} connections, {} tokens", plan.tokens),
+        &format!(
+            "throughput, {conns} connections, {:.0} s, {} tokens",
+            plan.throughput_secs, plan.tokens
+        ),
         &format!("{:.0}/s", direct_tp.rps),
         &tp_cells,
     ));
     report
         .table
-        .push(row("gateway CPU per request (utime+stime)", "", &cpu_cells));
+        .push(row("CPU per request (utime+stime)", "", &cpu_cells));
 
-    // 3. Concurrent paced streams.
+    // 3. Concurrent paced streams, all started at once.
     for &s in &plan.stream_counts {
         let direct_st =
             load::streams(&direct, &[], s, plan.frames, plan.frame_gap_ms, None).await?;
         let mut cells = Vec::new();
-        for gw in &gateways {
+        for peer in &peers {
             let st = load::streams(
-                &gw.target,
-                &gw.tokens,
+                &peer.target,
+                &peer.tokens,
                 s,
                 plan.frames,
                 plan.frame_gap_ms,
-                Some(gw.pid),
+                Some(peer.pid),
             )
             .await?;
             for (reason, n) in &st.failures {
-                eprintln!("bench: {s} streams via {}: {n} × {reason}", gw.name);
+                eprintln!("bench: {s} streams via {}: {n} × {reason}", peer.name);
             }
+            let per_stream = st.peak_rss_kib / s as f64;
             cells.push(format!(
-                "{}/{} done, {} frames lost, TTFF p50 +{:.1} ms p99 +{:.1} ms, gap p99 {:.1} ms max {:.1} ms, RSS {:.1} KiB/stream",
-                st.completed, s, st.lost_frames,
-                st.ttff_p50_ms - direct_st.ttff_p50_ms, st.ttff_p99_ms - direct_st.ttff_p99_ms,
-                st.gap_p99_ms, st.gap_max_ms, st.peak_rss_kib / s as f64,
+                "{}/{} done, {} frames lost, TTFF p50 {:.1} ms p99 {:.1} ms, gap p99 {:.1} ms max {:.1} ms, RSS {:.1} KiB/stream",
+                st.completed, s, st.lost_frames, st.ttff_p50_ms, st.ttff_p99_ms,
+                st.gap_p99_ms, st.gap_max_ms, per_stream,
             ));
+            seen.ttff_p99.insert((s, peer.name.clone()), st.ttff_p99_ms);
+            seen.rss_per_stream
+                .insert((s, peer.name.clone()), per_stream);
+            seen.completed.insert((s, peer.name.clone()), st.completed);
             report
                 .results
-                .insert(format!("streams_{s}_{}", gw.name), st.to_json());
+                .insert(format!("streams_{s}_{}", peer.name), st.to_json());
         }
         report
             .results
@@ -262,11 +250,19 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
                 plan.frames, plan.frame_gap_ms
             ),
             &format!(
-                "{}/{} done, TTFF p50 {:.1} ms, gap p99 {:.1} ms",
-                direct_st.completed, s, direct_st.ttff_p50_ms, direct_st.gap_p99_ms
+                "{}/{} done, TTFF p50 {:.1} ms p99 {:.1} ms, gap p99 {:.1} ms",
+                direct_st.completed,
+                s,
+                direct_st.ttff_p50_ms,
+                direct_st.ttff_p99_ms,
+                direct_st.gap_p99_ms
             ),
             &cells,
         ));
+    }
+    let targets = seen.targets(&plan.stream_counts);
+    if targets.len() > 2 {
+        report.others.push(targets);
     }
 
     // 4. Logins, on gateways of their own (memory state): plaintext users
@@ -292,9 +288,93 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
 }
 
 pub fn row(label: &str, direct: &str, cells: &[String]) -> String {
-    let mut cells = cells.to_vec();
-    while cells.len() < 2 {
-        cells.push("(not run)".into());
-    }
     format!("| {label} | {direct} | {} |", cells.join(" | "))
+}
+
+/// What the run measured of each peer, for the targets table.
+#[derive(Default)]
+struct Seen {
+    added_p50: BTreeMap<String, f64>,
+    added_p99: BTreeMap<String, f64>,
+    rps: BTreeMap<String, f64>,
+    ttff_p99: BTreeMap<(usize, String), f64>,
+    rss_per_stream: BTreeMap<(usize, String), f64>,
+    completed: BTreeMap<(usize, String), usize>,
+}
+
+impl Seen {
+    /// Issue 15's targets for the memory gateway, as ratios against the bare
+    /// proxy and nginx of this run; a target whose reference was not run is
+    /// left out.
+    fn targets(&self, stream_counts: &[usize]) -> Vec<String> {
+        let mut rows = vec![
+            "| target (issue 15), memory gateway | measured in this run | met |".to_owned(),
+            "|---|---|---|".to_owned(),
+        ];
+        let mut add = |target: String, measured: String, met: bool| {
+            rows.push(format!(
+                "| {target} | {measured} | {} |",
+                if met { "yes" } else { "**no**" }
+            ));
+        };
+        let gw = "memory".to_owned();
+        let (bare, nginx) = ("bare".to_owned(), "nginx".to_owned());
+        if let (Some(g), Some(b)) = (self.rps.get(&gw), self.rps.get(&bare)) {
+            add(
+                "throughput ≥ 0.8 × bare proxy".into(),
+                format!("{:.2} × ({g:.0}/s against {b:.0}/s)", g / b),
+                g / b >= 0.8,
+            );
+        }
+        if let (Some(g), Some(n)) = (self.rps.get(&gw), self.rps.get(&nginx)) {
+            add(
+                "throughput ≥ nginx".into(),
+                format!("{:.2} × nginx ({g:.0}/s against {n:.0}/s)", g / n),
+                g >= n,
+            );
+        }
+        if let (Some(g), Some(b)) = (self.added_p50.get(&gw), self.added_p50.get(&bare)) {
+            add(
+                "added p50 ≤ bare proxy's + 25 µs".into(),
+                format!("+{g:.1} µs against +{b:.1} µs ({:+.1})", g - b),
+                g - b <= 25.0,
+            );
+        }
+        if let (Some(g), Some(b)) = (self.added_p99.get(&gw), self.added_p99.get(&bare)) {
+            add(
+                "added p99 ≤ bare proxy's".into(),
+                format!("+{g:.1} µs against +{b:.1} µs ({:+.1})", g - b),
+                g <= b,
+            );
+        }
+        for &s in stream_counts {
+            let key = |name: &String| (s, name.clone());
+            if let (Some(g), Some(n)) = (
+                self.ttff_p99.get(&key(&gw)),
+                self.ttff_p99.get(&key(&nginx)),
+            ) {
+                add(
+                    format!("{s} streams at once: TTFF p99 ≤ 2 × nginx's"),
+                    format!("{g:.1} ms against {n:.1} ms ({:.2} ×)", g / n.max(0.001)),
+                    *g <= 2.0 * n,
+                );
+            }
+            if let Some(r) = self.rss_per_stream.get(&key(&gw)) {
+                let done = self.completed.get(&key(&gw)).copied().unwrap_or(0);
+                add(
+                    format!("{s} streams at once: RSS ≤ 32 KiB per stream"),
+                    format!("{r:.1} KiB ({done}/{s} done)"),
+                    *r <= 32.0 && done == s,
+                );
+            }
+        }
+        if let (Some(r), Some(m)) = (self.added_p50.get("redis"), self.added_p50.get(&gw)) {
+            add(
+                "Redis backend: p50 ≤ memory's + 50 µs".into(),
+                format!("{:+.1} µs", r - m),
+                r - m <= 50.0,
+            );
+        }
+        rows
+    }
 }

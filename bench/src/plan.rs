@@ -22,13 +22,13 @@ impl Plan {
     pub fn full() -> Self {
         Self {
             latency_requests: 2000,
-            throughput_secs: 8.0,
-            throughput_conns: 64,
+            throughput_secs: 10.0,
+            throughput_conns: 32,
             tokens: 1000,
             // 10,000 needs 20,000 descriptors in the gateway alone (client and
             // upstream side); this machine's hard limit is 20,000.
             stream_counts: vec![1000, 5000, 9000],
-            frames: 64,
+            frames: 32,
             frame_gap_ms: 20,
             login_secs: 3.0,
             core: true,
@@ -49,15 +49,16 @@ impl Plan {
         }
     }
 
-    /// Latency and throughput only, release build: for tuning iterations.
+    /// Latency, throughput and 1,000 streams, release build: for tuning
+    /// iterations.
     pub fn quick() -> Self {
         Self {
             latency_requests: 2000,
-            throughput_secs: 4.0,
-            throughput_conns: 64,
+            throughput_secs: 5.0,
+            throughput_conns: 32,
             tokens: 1000,
-            stream_counts: vec![],
-            frames: 64,
+            stream_counts: vec![1000],
+            frames: 32,
             frame_gap_ms: 20,
             login_secs: 0.0,
             core: true,

@@ -23,12 +23,18 @@ pub struct Procs {
     fake: Child,
     fake_base: String,
     gateways: Vec<(Child, Gateway)>,
+    bare: Option<(Child, Target)>,
     nginx: Option<(Child, Target)>,
     extra: Vec<Child>,
     redis: Option<Child>,
     dir: PathBuf,
     bin: PathBuf,
     hashed: String,
+}
+
+/// This run's temporary folder: configs, ledgers, logs.
+fn run_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("deepseek_proxy_bench_{}", std::process::id()))
 }
 
 fn free_port() -> Result<u16, String> {
@@ -90,25 +96,24 @@ async fn build(smoke: bool) -> Result<(), String> {
 }
 
 /// Spawns `cmd` and waits for a stdout line containing `needle`. Its
-/// stderr (the gateway's log) is dropped, or appended to
-/// `$BENCH_LOG_DIR/<program>.log` when that is set.
+/// stderr (the gateway's log) is appended to `<program>.log` in
+/// `$BENCH_LOG_DIR`, or in the run's own temporary folder (removed at the
+/// end): a file, as a service manager would keep it, not `/dev/null`.
 async fn spawn_until(mut cmd: Command, needle: &str) -> Result<(Child, String), String> {
-    let stderr = match std::env::var_os("BENCH_LOG_DIR") {
-        Some(dir) => {
-            let program = std::path::Path::new(cmd.as_std().get_program())
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "process".into());
-            let path = std::path::Path::new(&dir).join(format!("{program}.log"));
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map(Stdio::from)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => Stdio::null(),
-    };
+    let dir = std::env::var_os("BENCH_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(run_dir);
+    let program = std::path::Path::new(cmd.as_std().get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "process".into());
+    let path = dir.join(format!("{program}.log"));
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map(Stdio::from)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -164,8 +169,14 @@ fn config(users: usize, fake_base: &str, state: &str, ledger: &std::path::Path) 
             "[[auth.users]]\nusername = \"user{i}\"\npassword = \"pw{i}\"\n"
         ));
     }
+    // Production defaults (the access log at info is set by the caller, the
+    // SQLite ledger with its journal and metrics are on by default) and
+    // quotas for every user, none of them reached: each is checked and
+    // counted on every request, as in a team's real config.
     text.push_str(&format!(
         "[deepseek]\napi_key = \"{KEY}\"\nbase_url = \"{fake_base}\"\ntimeout_seconds = 60\n[state]\n{state}\n\
+         [quotas]\nrequests_per_minute = 1000000\ntokens_per_day = 1000000000000\nmax_concurrent = 64\n\
+         budget_per_month = 1000000\n\
          [storage]\nsqlite_path = \"{}\"\n",
         ledger.display()
     ));
@@ -183,7 +194,7 @@ impl Procs {
             .map(PathBuf::from)
             .unwrap_or_else(|| profile_dir(smoke).join("deepseek_proxy"));
         let fake_bin = profile_dir(smoke).join("fake_deepseek");
-        let dir = std::env::temp_dir().join(format!("deepseek_proxy_bench_{}", std::process::id()));
+        let dir = run_dir();
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
 
         let mut fake_cmd = Command::new(&fake_bin);
@@ -243,7 +254,10 @@ impl Procs {
             )
             .map_err(|e| e.to_string())?;
             let mut cmd = Command::new(&bin);
-            cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
+            // The access log at `info`, the default, written to a file as a
+            // service manager would take it (`BENCH_RUST_LOG` overrides).
+            let log_level = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into());
+            cmd.arg("--config").arg(&path).env("RUST_LOG", log_level);
             if let Ok(workers) = std::env::var("BENCH_GATEWAY_WORKERS") {
                 cmd.env("TOKIO_WORKER_THREADS", workers);
             }
@@ -263,11 +277,13 @@ impl Procs {
                 },
             ));
         }
+        let bare = start_bare(&profile_dir(smoke).join("bare_proxy"), &fake_base).await?;
         let nginx = start_nginx(&dir, &fake_base).await;
         Ok(Procs {
             fake,
             fake_base,
             gateways,
+            bare: Some(bare),
             nginx,
             extra: Vec::new(),
             redis,
@@ -285,12 +301,22 @@ impl Procs {
         target
     }
 
-    /// nginx in front of the fake, when nginx is installed: the reference
-    /// for "a proxy that does no work".
-    pub fn nginx(&self) -> Option<(Target, u32)> {
-        self.nginx
-            .as_ref()
-            .and_then(|(child, target)| Some((target.clone(), child.id()?)))
+    /// Every proxy in front of the fake, in the order of the report's
+    /// columns: the bare hyper proxy, nginx when it is installed (the
+    /// references: proxies that do no work), then the gateways.
+    pub fn peers(&self) -> Vec<Gateway> {
+        let references = [("bare", &self.bare), ("nginx", &self.nginx)]
+            .into_iter()
+            .filter_map(|(name, r)| {
+                let (child, target) = r.as_ref()?;
+                Some(Gateway {
+                    name: name.to_owned(),
+                    target: target.clone(),
+                    tokens: Vec::new(),
+                    pid: child.id()?,
+                })
+            });
+        references.chain(self.gateways()).collect()
     }
 
     pub fn gateways(&self) -> Vec<Gateway> {
@@ -364,6 +390,9 @@ impl Procs {
         for child in &mut self.extra {
             let _ = child.kill().await;
         }
+        if let Some((child, _)) = &mut self.bare {
+            let _ = child.kill().await;
+        }
         if let Some((child, _)) = &mut self.nginx {
             // A SIGKILL to the master would leave its workers running, one
             // pair per run: ask it to stop them and wait (briefly) instead.
@@ -426,8 +455,22 @@ pub fn machine() -> String {
     format!("{cores} cores, {mem}, {cpu}; gateway, fake and load generator on the same machine")
 }
 
-/// utime + stime of `pid`, in microseconds (clock ticks assumed 100/s).
+/// `pid` and its children (nginx's master and its workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .collect()
+}
+
+/// utime + stime of `pid` and its children, in microseconds (clock ticks
+/// assumed 100/s).
 pub fn cpu_us(pid: u32) -> f64 {
+    with_children(pid).into_iter().map(cpu_us_of).sum()
+}
+
+fn cpu_us_of(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses.
     let rest = stat.rsplit(')').next().unwrap_or("");
@@ -441,8 +484,12 @@ pub fn cpu_us(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) * 10_000.0
 }
 
-/// Resident memory of `pid`, in KiB.
+/// Resident memory of `pid` and its children, in KiB.
 pub fn rss_kib(pid: u32) -> f64 {
+    with_children(pid).into_iter().map(rss_kib_of).sum()
+}
+
+fn rss_kib_of(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -452,8 +499,20 @@ pub fn rss_kib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The bare hyper proxy (`bench/src/bin/bare_proxy.rs`) in front of the fake.
+async fn start_bare(bin: &std::path::Path, fake_base: &str) -> Result<(Child, Target), String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["127.0.0.1:0", fake_base.trim_end_matches("/v1")]);
+    let (child, line) = spawn_until(cmd, "listening on").await?;
+    let base = line.rsplit(' ').next().unwrap_or_default().to_owned();
+    let mut target = Target::new(&base, "/v1/chat/completions", "/auth/login");
+    target.fixed_bearer = Some(KEY.to_owned());
+    Ok((child, target))
+}
+
 /// nginx with the settings DEPLOYMENT.md recommends (HTTP/1.1 keep-alive
-/// upstream, no buffering), one worker per core. `None` without nginx.
+/// upstream, no buffering), one worker (as in issue 15's table). `None`
+/// without nginx.
 async fn start_nginx(dir: &std::path::Path, fake_base: &str) -> Option<(Child, Target)> {
     let upstream = fake_base
         .trim_start_matches("http://")
@@ -461,7 +520,7 @@ async fn start_nginx(dir: &std::path::Path, fake_base: &str) -> Option<(Child, T
         .to_owned();
     let port = free_port().ok()?;
     let conf = format!(
-        "worker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+        "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
          events {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir};\n\
            upstream fake {{ server {upstream}; keepalive 128; }}\n\

@@ -1,6 +1,8 @@
 //! Signing and checking the gateway's tokens: HS256 JWTs with `sub`, `iat`,
 //! `exp` and `jti`. Validation pins HS256 and requires every claim.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -39,7 +41,18 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// For the benchmark's ablation only (`crate::ablation`).
+    unchecked: Validation,
+    /// Tokens whose signature was checked, by their whole text: a client
+    /// sends the same token with every request, and the HMAC, base64 and
+    /// JSON of a full check cost more than the rest of authentication.
+    verified: Mutex<HashMap<Box<str>, Claims>>,
 }
+
+/// Verified tokens kept at most (a few hundred bytes each). Past it, the
+/// expired ones go, and if none has, all of them: a flood of fresh tokens
+/// costs full checks, never memory.
+const VERIFIED_MAX: usize = 4096;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -60,10 +73,14 @@ impl JwtKeys {
         validation.leeway = 0;
         validation.validate_exp = true;
         validation.validate_nbf = true;
+        let mut unchecked = validation.clone();
+        unchecked.insecure_disable_signature_validation();
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             validation,
+            unchecked,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -84,16 +101,30 @@ impl JwtKeys {
     }
 
     /// Checks signature, algorithm and expiry, and that the token names a `jti`.
+    /// The signature of a token seen before is not checked again: the
+    /// cache holds the claims of tokens that passed, keyed by the whole
+    /// token (so a changed header or payload is a miss), and the time
+    /// checks run on every call.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, ApiError> {
         if token.len() > MAX_TOKEN_BYTES || token.bytes().any(|b| b.is_ascii_control()) {
             return Err(ApiError::InvalidToken);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::ExpiredToken,
-                _ => ApiError::InvalidToken,
-            })?;
-        let claims = data.claims;
+        let known = self.lock_verified().get(token).cloned();
+        let claims = match known {
+            Some(claims) => claims,
+            None => {
+                let claims = self.check_signature(token)?;
+                let mut verified = self.lock_verified();
+                if verified.len() >= VERIFIED_MAX {
+                    verified.retain(|_, c| c.exp > now);
+                    if verified.len() >= VERIFIED_MAX {
+                        verified.clear();
+                    }
+                }
+                verified.insert(token.into(), claims.clone());
+                claims
+            }
+        };
         // jsonwebtoken accepts exp == now; a token is dead at its exp second.
         if claims.exp <= now {
             return Err(ApiError::ExpiredToken);
@@ -102,6 +133,25 @@ impl JwtKeys {
             return Err(ApiError::InvalidToken);
         }
         Ok(claims)
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Claims>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The full check: signature, algorithm, issuer, audience, expiry.
+    fn check_signature(&self, token: &str) -> Result<Claims, ApiError> {
+        let validation = match crate::ablation::off(crate::ablation::Part::Jwt) {
+            true => &self.unchecked,
+            false => &self.validation,
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::ExpiredToken,
+                _ => ApiError::InvalidToken,
+            },
+        )?;
+        Ok(data.claims)
     }
 }
 
@@ -121,6 +171,39 @@ mod tests {
         assert_eq!(back.sub, "admin");
         assert_eq!(back.jti, claims.jti);
         assert_eq!(back.exp, now + 60);
+    }
+
+    #[test]
+    fn a_known_token_is_still_checked_for_expiry_and_a_changed_one_is_not_known() {
+        let keys = keys();
+        let now = unix_now();
+        let (token, _) = keys.issue("admin", now, 60);
+        assert!(keys.verify(&token, now).is_ok());
+        // From the cache now: the time checks still run.
+        assert!(keys.verify(&token, now + 30).is_ok());
+        assert!(matches!(
+            keys.verify(&token, now + 60),
+            Err(ApiError::ExpiredToken)
+        ));
+        // The same signature on another payload is a miss, and fails.
+        let parts: Vec<&str> = token.split('.').collect();
+        let other = token_payload(&claims_for("root", now));
+        let forged = format!("{}.{other}.{}", parts[0], parts[2]);
+        assert!(matches!(
+            keys.verify(&forged, now),
+            Err(ApiError::InvalidToken)
+        ));
+    }
+
+    #[test]
+    fn the_verified_cache_stays_bounded() {
+        let keys = keys();
+        let now = unix_now();
+        for _ in 0..VERIFIED_MAX + 10 {
+            let (token, _) = keys.issue("admin", now, 60);
+            assert!(keys.verify(&token, now).is_ok());
+        }
+        assert!(keys.lock_verified().len() <= VERIFIED_MAX);
     }
 
     #[test]

@@ -24,6 +24,9 @@ const TO_CLIENT: [HeaderName; 4] = [
 ];
 
 pub fn to_upstream(client: &HeaderMap) -> HeaderMap {
+    if crate::ablation::off(crate::ablation::Part::Headers) {
+        return HeaderMap::new();
+    }
     let mut out = HeaderMap::with_capacity(TO_UPSTREAM.len() + 3);
     copy(client, &mut out, &TO_UPSTREAM);
     out
@@ -33,6 +36,9 @@ pub fn to_upstream(client: &HeaderMap) -> HeaderMap {
 /// bodies that are not event streams, so a failing stream can still end with
 /// an error event; proxies are told not to buffer.
 pub fn to_client(upstream: &HeaderMap, is_event_stream: bool) -> HeaderMap {
+    if crate::ablation::off(crate::ablation::Part::Headers) {
+        return HeaderMap::new();
+    }
     let mut out = HeaderMap::with_capacity(TO_CLIENT.len() + 2);
     copy(upstream, &mut out, &TO_CLIENT);
     if !is_event_stream {

@@ -22,6 +22,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use tokio::time::Instant;
 
+use crate::ablation::{self, Part};
 use crate::access_log::{RequestId, RequestLog, Requested};
 use crate::admin::AdminToken;
 use crate::auth::{AuthToken, SlotLease};
@@ -153,7 +154,11 @@ async fn completion(
     // The slot was taken before the body is read (by the auth layer), so a
     // concurrent request is refused at once; from here it is ours to hold.
     let mut hold = Hold::default();
-    hold.slot = Some(lease.take().ok_or(ApiError::Internal)?);
+    hold.slot = match lease.take() {
+        Some(lease) => Some(lease),
+        None if ablation::off(Part::Slot) => None,
+        None => return Err(ApiError::Internal),
+    };
     let result = async {
         let state = &cx.state;
         let format = route.format();
@@ -212,7 +217,7 @@ async fn completion(
                 ),
             ));
         }
-        if ask.is_limited() {
+        if ask.is_limited() && !ablation::off(Part::Quota) {
             match state.store.admit(ask).await? {
                 Admission::Granted(permit) => hold.charge = Some(permit),
                 Admission::Refused(refusal) => return Err(ApiError::Quota(refusal)),
@@ -235,13 +240,15 @@ async fn completion(
             },
             token.token_id,
         );
-        hold.active = Some(state.active.register(
-            cx.request_id.0.to_str().unwrap_or("-").to_owned(),
-            account.username.clone(),
-            route.name(),
-            served.map(|m| m.chars().take(64).collect()),
-            checked.stream,
-        ));
+        hold.active = (!ablation::off(Part::Active)).then(|| {
+            state.active.register(
+                cx.request_id.0.to_str().unwrap_or("-").to_owned(),
+                account.username.clone(),
+                route.name(),
+                served.map(|m| m.chars().take(64).collect()),
+                checked.stream,
+            )
+        });
         forward(route, &cx, Some(prepared.body.clone()), served, &mut hold).await
     }
     .await;

@@ -199,7 +199,9 @@ where
                     this.idle.as_mut().reset(next_idle);
                     remember_tail(this.tail, &bytes);
                     this.hold.relayed(bytes.len());
-                    this.tapped.extend_from_slice(&bytes);
+                    if !crate::ablation::off(crate::ablation::Part::Tap) {
+                        this.tapped.extend_from_slice(&bytes);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
                 Poll::Ready(Some(Err(e))) => {

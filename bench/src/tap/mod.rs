@@ -44,13 +44,18 @@ pub async fn measure(
         "{} streams × {} frames {} ms apart, {rounds}",
         plan.tap_streams, plan.frames, plan.frame_gap_ms
     );
+    let names: Vec<&str> = gateway_lat.iter().map(|(name, ..)| *name).collect();
+    let mut table = vec![
+        format!("| usage tap | direct to fake | {} |", names.join(" | ")),
+        format!("|---|---|{}", "---|".repeat(names.len())),
+    ];
     for (stat, pick) in [("p50", 0usize), ("p99", 1), ("max", 2)] {
         let d = direct_lat.get(pick);
         let cells: Vec<String> = gateway_lat
             .iter()
             .map(|(_, _, l)| format!("{:.1} µs ({:+.1})", l.get(pick), l.get(pick) - d))
             .collect();
-        report.table.push(row(
+        table.push(row(
             &format!("per-frame one-way latency {stat}, {label}"),
             &format!("{d:.1} µs"),
             &cells,
@@ -60,11 +65,12 @@ pub async fn measure(
         .iter()
         .map(|(_, n, _)| format!("{n}/{expected}"))
         .collect();
-    report.table.push(row(
+    table.push(row(
         "stamped frames received",
         &format!("{direct_n}/{expected}"),
         &counts,
     ));
+    report.others.push(table);
     let with_count = |l: &Percentiles, n: usize| {
         let mut v = l.to_json();
         v["frames"] = json!(n);

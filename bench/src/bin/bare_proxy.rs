@@ -1,0 +1,59 @@
+//! `bare_proxy LISTEN_ADDR UPSTREAM_BASE`: the floor the gateway is measured
+//! against. A reverse proxy on the same stack (tokio, hyper's HTTP/1 server,
+//! hyper-util's pooled client) that does nothing but forward: no auth, no
+//! log, no state. TCP_NODELAY on both sides, and the listener's backlog at
+//! tokio's default, as the smallest program would have it. Prints
+//! `listening on http://ADDR` once bound.
+
+use std::convert::Infallible;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, Uri};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
+        eprintln!(
+            "usage: bare_proxy LISTEN_ADDR UPSTREAM_BASE (e.g. 127.0.0.1:0 http://127.0.0.1:9000)"
+        );
+        std::process::exit(2);
+    };
+    let upstream: Uri = upstream.parse().map_err(std::io::Error::other)?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let (client, upstream) = (client.clone(), upstream.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let (client, upstream) = (client.clone(), upstream.clone());
+                async move {
+                    let mut parts = upstream.into_parts();
+                    parts.path_and_query = req.uri().path_and_query().cloned();
+                    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+                    req.headers_mut().remove(hyper::header::HOST);
+                    let response = match client.request(req).await {
+                        Ok(r) => r.map(http_body_util::Either::Left),
+                        Err(_) => {
+                            let empty = http_body_util::Empty::<hyper::body::Bytes>::new();
+                            let mut bad = Response::new(http_body_util::Either::Right(empty));
+                            *bad.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+                            bad
+                        }
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
