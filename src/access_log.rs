@@ -488,7 +488,7 @@ impl Line {
 /// field formatting printed, at a fraction of its cost (BENCHMARKS.md,
 /// issue 15). As JSON, the fields are the event's own.
 fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
-    if !tracing::enabled!(target: "deepseek_proxy::access", tracing::Level::INFO) {
+    if !tracing::enabled!(target: crate::telemetry::ACCESS_TARGET, tracing::Level::INFO) {
         return;
     }
     let count = |f: fn(&Usage) -> u64| r.usage.as_ref().map(f);
@@ -507,7 +507,7 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
     let trace_id = r.trace_id.as_ref().and_then(|v| v.to_str().ok());
     if crate::telemetry::is_json() {
         tracing::info!(
-            target: "deepseek_proxy::access",
+            target: crate::telemetry::ACCESS_TARGET,
             request_id = %request_id,
             method = %l.method,
             path = %l.path,
@@ -572,7 +572,7 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
     if let Some(id) = trace_id {
         let _ = write!(line, " ds_trace_id={id}");
     }
-    tracing::info!(target: "deepseek_proxy::access", "{line}");
+    tracing::info!(target: crate::telemetry::ACCESS_TARGET, "{line}");
 }
 
 fn printable(text: &str) -> std::borrow::Cow<'_, str> {

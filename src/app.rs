@@ -104,11 +104,11 @@ impl App {
                 crate::reload::in_background(&state);
             }
         });
-        let listener = TcpListener::bind(&addr)
+        let listener = listen(&addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let metrics_listener = match &metrics_addr {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Some(addr) => Some(listen(addr).await.map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
                     format!("cannot listen on metrics_addr {addr}: {e}"),
@@ -224,6 +224,37 @@ impl App {
         self.state.ledger.flush().await;
         Ok(())
     }
+}
+
+/// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`
+/// (4096 on current Linux). tokio's `TcpListener::bind` asks for 1,024:
+/// when a thousand clients connect at once, the connections past it are
+/// dropped and retried a second later, which showed as a 1 s time to first
+/// frame (BENCHMARKS.md, issue 15).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` (the first of its addresses that binds) with
+/// [`LISTEN_BACKLOG`], and `SO_REUSEADDR` as tokio sets it.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for candidate in tokio::net::lookup_host(addr).await? {
+        let socket = match candidate {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(candidate)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
 }
 
 async fn serve_metrics(axum::extract::State(state): axum::extract::State<AppState>) -> String {

@@ -3,9 +3,12 @@
 //! can reach it). Labels never carry a token or a token id: users and models
 //! are the finest grain.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::usage::{Cost, Usage};
@@ -40,13 +43,41 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
     /// Requests in flight per upstream and model (see `upstreams::Place`).
     pub upstream_in_flight: IntGaugeVec,
+    /// The handles a request updates, resolved once per label set: one map
+    /// lookup a request instead of a label lookup (hash, lock, map) per
+    /// metric. They grow with the label sets themselves, no further.
+    by_route: Mutex<HashMap<(&'static str, u16, &'static str), RouteHandles>>,
+    by_user: Mutex<HashMap<Box<str>, ByModel>>,
+}
+
+/// A user's handles, by model.
+type ByModel = HashMap<Box<str>, Arc<UserHandles>>;
+
+#[derive(Clone)]
+struct RouteHandles {
+    requests: IntCounter,
+    duration: Histogram,
+    upstream_ttfb: Histogram,
+    overhead: Histogram,
+}
+
+struct UserHandles {
+    prompt: IntCounter,
+    completion: IntCounter,
+    cached: IntCounter,
+    cache_miss: IntCounter,
+    reasoning: IntCounter,
+    cache_hit_ratio: Gauge,
+    /// The cost counter and the currency it counts in (a reload may
+    /// change the currency).
+    cost: Mutex<Option<(&'static str, Counter)>>,
 }
 
 /// One finished request, as the access log saw it.
 pub struct Observed<'a> {
-    pub route: &'a str,
+    pub route: &'static str,
     pub status: u16,
-    pub code: &'a str,
+    pub code: &'static str,
     pub seconds: f64,
     pub upstream_ttfb_seconds: Option<f64>,
     /// The gateway's own time on an upstream-bound request (see
@@ -168,29 +199,62 @@ impl Metrics {
                 &["upstream", "model"],
             ),
             registry,
+            by_route: Mutex::default(),
+            by_user: Mutex::default(),
         }
+    }
+
+    fn route_handles(&self, route: &'static str, status: u16, code: &'static str) -> RouteHandles {
+        let mut known = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .entry((route, status, code))
+            .or_insert_with(|| {
+                // Status codes as static text: no allocation per request.
+                let text = axum::http::StatusCode::from_u16(status);
+                let text = text.as_ref().map_or("0", |s| s.as_str());
+                RouteHandles {
+                    requests: self.requests.with_label_values(&[route, text, code]),
+                    duration: self.duration.with_label_values(&[route]),
+                    upstream_ttfb: self.upstream_ttfb.with_label_values(&[route]),
+                    overhead: self.overhead.with_label_values(&[route]),
+                }
+            })
+            .clone()
+    }
+
+    fn user_handles(&self, user: &str, model: &str) -> Arc<UserHandles> {
+        let mut known = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        let models = match known.get_mut(user) {
+            Some(models) => models,
+            None => known.entry(user.into()).or_default(),
+        };
+        if let Some(handles) = models.get(model) {
+            return handles.clone();
+        }
+        let tokens = |kind: &str| self.tokens.with_label_values(&[user, model, kind]);
+        let handles = Arc::new(UserHandles {
+            prompt: tokens("prompt"),
+            completion: tokens("completion"),
+            cached: tokens("cached"),
+            cache_miss: tokens("cache_miss"),
+            reasoning: tokens("reasoning"),
+            cache_hit_ratio: self.cache_hit_ratio.with_label_values(&[user, model]),
+            cost: Mutex::new(None),
+        });
+        models.insert(model.into(), handles.clone());
+        handles
     }
 
     /// Counts one finished request.
     pub fn observe(&self, o: &Observed<'_>) {
-        // Status codes as static text: no allocation per request.
-        let status = axum::http::StatusCode::from_u16(o.status);
-        let status = status.as_ref().map_or("0", |s| s.as_str());
-        self.requests
-            .with_label_values(&[o.route, status, o.code])
-            .inc();
-        self.duration
-            .with_label_values(&[o.route])
-            .observe(o.seconds);
+        let route = self.route_handles(o.route, o.status, o.code);
+        route.requests.inc();
+        route.duration.observe(o.seconds);
         if let Some(ttfb) = o.upstream_ttfb_seconds {
-            self.upstream_ttfb
-                .with_label_values(&[o.route])
-                .observe(ttfb);
+            route.upstream_ttfb.observe(ttfb);
         }
         if let Some(overhead) = o.overhead_seconds {
-            self.overhead
-                .with_label_values(&[o.route])
-                .observe(overhead);
+            route.overhead.observe(overhead);
         }
         if o.status == 429 {
             self.rejected.with_label_values(&[o.code]).inc();
@@ -198,40 +262,35 @@ impl Metrics {
         if o.code.starts_with("upstream_") {
             self.upstream_errors.with_label_values(&[o.code]).inc();
         }
+        if o.usage.is_none() && o.cost.is_none() {
+            return;
+        }
+        let user = self.user_handles(o.user, o.model);
         if let Some(u) = o.usage {
-            for (kind, n) in [
-                ("prompt", u.prompt_tokens),
-                ("completion", u.completion_tokens),
-                ("cached", u.cached_tokens),
-                (
-                    "cache_miss",
-                    u.prompt_tokens.saturating_sub(u.cached_tokens),
-                ),
-                ("reasoning", u.reasoning_tokens),
-            ] {
-                self.tokens
-                    .with_label_values(&[o.user, o.model, kind])
-                    .inc_by(n);
-            }
-            let hits = self
-                .tokens
-                .with_label_values(&[o.user, o.model, "cached"])
-                .get();
-            let misses = self
-                .tokens
-                .with_label_values(&[o.user, o.model, "cache_miss"])
-                .get();
+            user.prompt.inc_by(u.prompt_tokens);
+            user.completion.inc_by(u.completion_tokens);
+            user.cached.inc_by(u.cached_tokens);
+            user.cache_miss
+                .inc_by(u.prompt_tokens.saturating_sub(u.cached_tokens));
+            user.reasoning.inc_by(u.reasoning_tokens);
             let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            let (hits, misses) = (user.cached.get(), user.cache_miss.get());
             if let Some(ratio) = crate::usage::pricing::hit_ratio(clamp(hits), clamp(misses)) {
-                self.cache_hit_ratio
-                    .with_label_values(&[o.user, o.model])
-                    .set(ratio);
+                user.cache_hit_ratio.set(ratio);
             }
         }
         if let Some(cost) = o.cost {
-            self.cost
-                .with_label_values(&[o.user, o.model, cost.currency.code()])
-                .inc_by(cost.micros as f64 / 1e6);
+            let currency = cost.currency.code();
+            let mut counter = user.cost.lock().unwrap_or_else(|e| e.into_inner());
+            let counter = match &*counter {
+                Some((made_for, c)) if *made_for == currency => c.clone(),
+                _ => {
+                    let c = self.cost.with_label_values(&[o.user, o.model, currency]);
+                    *counter = Some((currency, c.clone()));
+                    c
+                }
+            };
+            counter.inc_by(cost.micros as f64 / 1e6);
         }
     }
 

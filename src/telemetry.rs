@@ -24,31 +24,69 @@ pub fn is_json() -> bool {
     JSON.load(Ordering::Relaxed)
 }
 
+/// The access log's target: one line per request, formatted by
+/// `access_log` itself.
+pub const ACCESS_TARGET: &str = "deepseek_proxy::access";
+
 pub fn init(format: LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    init_with(format, std::io::stderr, ansi);
+    init_with(format, std::io::stderr, std::io::stderr, ansi);
 }
 
 /// Appends to the file at `path` instead of stderr (a Windows service has
 /// no console).
 pub fn init_to_file(format: LogFormat, path: &Path) -> std::io::Result<()> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
-    init_with(format, Mutex::new(file), false);
+    let open = || OpenOptions::new().create(true).append(true).open(path);
+    // Two handles on one file in append mode: each line is one write.
+    init_with(format, Mutex::new(open()?), Mutex::new(open()?), false);
     Ok(())
 }
 
-fn init_with<W>(format: LogFormat, writer: W, ansi: bool)
+/// `access` takes the access log's lines, `rest` everything else.
+fn init_with<A, W>(format: LogFormat, access: A, rest: W, ansi: bool)
 where
+    A: for<'a> MakeWriter<'a> + Send + Sync + 'static,
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_target(false);
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(rest)
+            .with_target(false)
+            .json()
+            .flatten_event(true)
+            .try_init()
+            .is_ok(),
+        // The access line comes formatted, its one client-chosen field
+        // (the model) already stripped of control characters: it skips the
+        // formatter's escaping, which walks the text one character at a
+        // time and cost more than formatting the line (BENCHMARKS.md).
+        // Every other event is escaped as usual.
+        LogFormat::Text => {
+            let is_access = |m: &tracing::Metadata<'_>| m.target() == ACCESS_TARGET;
+            let access = tracing_subscriber::fmt::layer()
+                .with_writer(access)
+                .with_target(false)
+                .with_ansi(ansi)
+                .with_ansi_sanitization(false)
+                .with_filter(filter().and(filter_fn(is_access)));
+            let rest = tracing_subscriber::fmt::layer()
+                .with_writer(rest)
+                .with_target(false)
+                .with_ansi(ansi)
+                .with_filter(filter().and(filter_fn(move |m| !is_access(m))));
+            tracing_subscriber::registry()
+                .with(access)
+                .with(rest)
+                .try_init()
+                .is_ok()
+        }
     };
 }

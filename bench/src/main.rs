@@ -1,4 +1,4 @@
-//! `cargo run --release -p bench -- [--smoke | --quick | --tap] [--json PATH]`
+//! `cargo run --release -p bench -- [--smoke | --quick | --tap | --streams] [--json PATH]`
 //!
 //! Builds the release binaries, starts the fake DeepSeek and the gateway
 //! (memory state, and Redis state when `redis-server` is on PATH), and
@@ -22,6 +22,7 @@ mod plan;
 mod procs;
 mod tap;
 
+use load::Target;
 pub use plan::Plan;
 use procs::{Gateway, Procs};
 use std::collections::BTreeMap;
@@ -44,6 +45,8 @@ async fn main() {
         Plan::quick()
     } else if flag("--tap") {
         Plan::tap_only()
+    } else if flag("--streams") {
+        Plan::streams_only()
     } else {
         Plan::full()
     };
@@ -129,10 +132,26 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
     ];
     let mut seen = Seen::default();
 
-    // 1. Latency at concurrency 1.
-    let direct_lat = load::latency(&direct, None, plan.latency_requests).await?;
+    // 1. and 2. Latency at concurrency 1, throughput (`--streams` runs
+    // streams only).
+    if plan.latency_requests > 0 {
+        latency_and_throughput(plan, &direct, &peers, report, &mut seen).await?;
+    }
+    // 3. and 4.
+    streams_and_logins(plan, procs, &direct, &peers, report, seen).await
+}
+
+/// Latency at concurrency 1, then throughput over distinct tokens.
+async fn latency_and_throughput(
+    plan: &Plan,
+    direct: &Target,
+    peers: &[Gateway],
+    report: &mut Report,
+    seen: &mut Seen,
+) -> Result<(), String> {
+    let direct_lat = load::latency(direct, None, plan.latency_requests).await?;
     let mut lat_cols = Vec::new();
-    for peer in &peers {
+    for peer in peers {
         let token = peer.tokens.first().cloned();
         let lat = load::latency(&peer.target, token, plan.latency_requests).await?;
         lat_cols.push(lat);
@@ -164,10 +183,10 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
 
     // 2. Throughput over distinct tokens.
     let conns = plan.throughput_conns;
-    let direct_tp = load::throughput(&direct, &[], conns, plan.throughput_secs, None).await?;
+    let direct_tp = load::throughput(direct, &[], conns, plan.throughput_secs, None).await?;
     let mut tp_cells = Vec::new();
     let mut cpu_cells = Vec::new();
-    for peer in &peers {
+    for peer in peers {
         let tp = load::throughput(
             &peer.target,
             &peer.tokens,
@@ -208,13 +227,22 @@ async fn core(plan: &Plan, procs: &mut Procs, report: &mut Report) -> Result<(),
     report
         .table
         .push(row("CPU per request (utime+stime)", "", &cpu_cells));
+    Ok(())
+}
 
-    // 3. Concurrent paced streams, all started at once.
+/// Streams, then the targets table, then logins.
+async fn streams_and_logins(
+    plan: &Plan,
+    procs: &mut Procs,
+    direct: &Target,
+    peers: &[Gateway],
+    report: &mut Report,
+    mut seen: Seen,
+) -> Result<(), String> {
     for &s in &plan.stream_counts {
-        let direct_st =
-            load::streams(&direct, &[], s, plan.frames, plan.frame_gap_ms, None).await?;
+        let direct_st = load::streams(direct, &[], s, plan.frames, plan.frame_gap_ms, None).await?;
         let mut cells = Vec::new();
-        for peer in &peers {
+        for peer in peers {
             let st = load::streams(
                 &peer.target,
                 &peer.tokens,

@@ -68,6 +68,17 @@ impl Plan {
         }
     }
 
+    /// 1,000 concurrent streams only (`BENCH_STREAMS` for other counts):
+    /// for memory per stream and time to first frame.
+    pub fn streams_only() -> Self {
+        Self {
+            latency_requests: 0,
+            throughput_secs: 0.0,
+            stream_counts: vec![1000],
+            ..Self::quick()
+        }
+    }
+
     /// Each part for a moment: checks the harness runs, measures nothing.
     pub fn smoke() -> Self {
         Self {

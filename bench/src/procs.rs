@@ -511,8 +511,8 @@ async fn start_bare(bin: &std::path::Path, fake_base: &str) -> Result<(Child, Ta
 }
 
 /// nginx with the settings DEPLOYMENT.md recommends (HTTP/1.1 keep-alive
-/// upstream, no buffering), one worker (as in issue 15's table). `None`
-/// without nginx.
+/// upstream, no buffering), one worker (as in issue 15's table), and a
+/// listen backlog as large as the gateway's. `None` without nginx.
 async fn start_nginx(dir: &std::path::Path, fake_base: &str) -> Option<(Child, Target)> {
     let upstream = fake_base
         .trim_start_matches("http://")
@@ -524,7 +524,7 @@ async fn start_nginx(dir: &std::path::Path, fake_base: &str) -> Option<(Child, T
          events {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir};\n\
            upstream fake {{ server {upstream}; keepalive 128; }}\n\
-           server {{\n    listen 127.0.0.1:{port};\n    tcp_nodelay on;\n\
+           server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    tcp_nodelay on;\n\
              location / {{\n      proxy_pass http://fake;\n      proxy_http_version 1.1;\n\
                proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
                proxy_request_buffering off;\n      proxy_read_timeout 600s;\n    }}\n  }}\n}}\n",

@@ -164,6 +164,25 @@ pub struct FakeDeepSeek {
     shared: Arc<Shared>,
 }
 
+/// Binds `addr` with a listen backlog of 4,096 (tokio's default is 1,024),
+/// as a real API's front would have: the benchmark starts thousands of
+/// streams at once through the gateway, whose connections here must not be
+/// the ones dropped.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 impl FakeDeepSeek {
     /// Binds 127.0.0.1:0 and serves in a background task.
     pub async fn start() -> std::io::Result<Self> {
@@ -172,7 +191,7 @@ impl FakeDeepSeek {
 
     /// Binds `addr` and serves in a background task.
     pub async fn start_on(addr: &str) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let app = router(shared.clone());
