@@ -920,6 +920,21 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
         let _ = left.chunk().await;
     }
     drop(left);
+    // The model is the client's text in the line: a newline in it must
+    // not start a forged line of its own.
+    let forged = proxy
+        .http
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("x-request-id", "log-check-forged")
+        .json(
+            &json!({"model": "evil\n2026-01-01T00:00:00Z  INFO request forged=yes\u{1b}[2J",
+                      "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("forged");
+    let _ = forged.bytes().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lines = proxy.stop().await;
     let line_of = |id: &str| -> String {
@@ -960,6 +975,56 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
     let abandoned = line_of("log-check-abandoned");
     assert!(abandoned.contains("client_aborted"), "{abandoned}");
     assert!(abandoned.contains("user=admin"), "{abandoned}");
+    let forged = line_of("log-check-forged");
+    assert!(
+        forged.contains("model=evil?2026-01-01T00:00:00Z  INFO request forged=yes?[2J "),
+        "{forged}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("2026-01-01") || l.contains('\u{1b}')),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ablation_switches_do_nothing_in_a_normal_build() {
+    // `DSP_ABLATE` is read only by a build with the `ablation` feature (the
+    // benchmark's); in the binary people run it must switch nothing off.
+    let fake = FakeDeepSeek::start().await.expect("fake upstream");
+    let key = format!("sk-test-{}", random_hex());
+    fake.require_key(&key);
+    let dir = TempDir::new();
+    let text = config_toml(&Settings::default(), &fake.base_url(), &key, &jwt_secret());
+    let path = dir.write("config.toml", &text);
+    let mut cmd = proxy_with_config(&dir, &path);
+    cmd.env(
+        "DSP_ABLATE",
+        "slot,jwt,quota,access_log,ledger,headers,layers",
+    );
+    let proxy = Running::start(cmd).await;
+    let token = proxy.token(ADMIN).await;
+    // The signature is still checked: a token with another one is refused.
+    let (head, _) = token.rsplit_once('.').expect("a JWT");
+    let forged = format!("{head}.{}", "A".repeat(43));
+    let refused = proxy.chat(&forged, &chat_body(false)).await;
+    assert_eq!(refused.status(), 401);
+    // The slot still holds: a second request while one streams is 429.
+    let slow = json!({"chunks": 10, "chunk_delay_ms": 100, "reply": words(10)});
+    let mut first = proxy.chat(&token, &chat_body_with(true, slow)).await;
+    assert_eq!(first.status(), 200);
+    let _ = first.chunk().await;
+    let second = proxy.chat(&token, &chat_body(false)).await;
+    assert_eq!(second.status(), 429);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // And the access log still writes its lines.
+    let lines = proxy.stop().await;
+    assert!(
+        lines.iter().filter(|l| l.contains("INFO request ")).count() >= 3,
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
