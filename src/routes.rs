@@ -93,10 +93,7 @@ pub fn router(state: AppState) -> Router {
             .layer(from_fn_with_state(state.clone(), access_log))
             .with_state(state);
     }
-    let app = app
-        .layer(map_response(no_store_for_auth))
-        .layer(map_response(dialect));
-    with_layers(app, state)
+    with_layers(app.layer(map_response(finish)), state)
 }
 
 /// The layers every route sits behind. Public so tests can put a route that
@@ -132,8 +129,12 @@ fn cors(state: &AppState) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// Login answers and errors must never sit in a cache.
-async fn no_store_for_auth(uri: Uri, mut response: Response) -> Response {
+/// What every answer gets on its way out, in one layer (each layer costs a
+/// boxed future and a clone of the route per request): `no-store` under
+/// `/auth/`, and the gateway's own errors in the route's dialect.
+async fn finish(uri: Uri, response: Response) -> Response {
+    let mut response = dialect(&uri, response);
+    // Login answers and errors must never sit in a cache.
     if uri.path().starts_with("/auth/") {
         response
             .headers_mut()
@@ -146,7 +147,7 @@ async fn no_store_for_auth(uri: Uri, mut response: Response) -> Response {
 /// Anthropic routes, Anthropic's shape, so its SDKs raise their usual
 /// exceptions; on the Responses route, Codex's words for a long refusal.
 /// DeepSeek's own answers pass untouched.
-async fn dialect(uri: Uri, mut response: Response) -> Response {
+fn dialect(uri: &Uri, mut response: Response) -> Response {
     let Some(ErrorMessage(message)) = response.extensions_mut().remove::<ErrorMessage>() else {
         return response;
     };
