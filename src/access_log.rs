@@ -496,9 +496,7 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
     let user = r.user.as_deref().unwrap_or("-");
     let key_id = r.key_id.as_deref().unwrap_or("-");
     let format = r.route.map_or("-", |route| route.format().name());
-    // The one client-chosen text in the line: no control character (a
-    // newline would forge a line of its own).
-    let model = printable(r.model.as_deref().unwrap_or("-"));
+    let model = r.model.as_deref().unwrap_or("-");
     let upstream = r.upstream.as_deref().unwrap_or("-");
     let error = l.error.unwrap_or("-");
     let latency_ms = ms(l.start.elapsed());
@@ -538,17 +536,20 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
         );
         return;
     }
+    // The client-chosen texts of the line (the model, the path): no control,
+    // format or space character, so none can forge a line, a field, or a
+    // terminal's state (this line skips the formatter's escaping).
+    let (model, path) = (printable(model), printable(&l.path));
     use std::fmt::Write;
     let mut line = String::with_capacity(512);
     // Writing to a String cannot fail.
     let _ = write!(
         line,
-        "request request_id={request_id} method={} path={} client={} user={user} \
+        "request request_id={request_id} method={} path={path} client={} user={user} \
          key_id={key_id} format={format} model={model} upstream={upstream} attempts={} \
          status={} upstream_status={} error={error} outcome={outcome} latency_ms={latency_ms:?} \
          ttfb_ms={ttfb_ms:?} bytes_in={} bytes_out={bytes_out}",
         l.method,
-        l.path,
         l.client,
         r.attempts,
         l.status,
@@ -575,11 +576,18 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
     tracing::info!(target: crate::telemetry::ACCESS_TARGET, "{line}");
 }
 
+/// `text` with every control, whitespace and invisible formatting
+/// character (bidi overrides, zero-width ones) replaced by `?`.
 fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.chars().any(char::is_control) {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || c.is_whitespace()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    match text.chars().any(unsafe_char) {
         true => text
             .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
+            .map(|c| if unsafe_char(c) { '?' } else { c })
             .collect(),
         false => text.into(),
     }

@@ -227,33 +227,38 @@ impl App {
 }
 
 /// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`
-/// (4096 on current Linux). tokio's `TcpListener::bind` asks for 1,024:
-/// when a thousand clients connect at once, the connections past it are
-/// dropped and retried a second later, which showed as a 1 s time to first
-/// frame (BENCHMARKS.md, issue 15).
+/// (4096 on current Linux). tokio's `TcpListener::bind` (through mio) asks
+/// for 128, the standard library's value: when a thousand clients connect
+/// at once, the connections past it are dropped and retried a second
+/// later, which showed as a 1 s time to first frame (BENCHMARKS.md,
+/// issue 15).
 const LISTEN_BACKLOG: u32 = 65_535;
 
-/// Binds `addr` (the first of its addresses that binds) with
-/// [`LISTEN_BACKLOG`], and `SO_REUSEADDR` as tokio sets it.
+/// Binds `addr` (the first of its addresses that binds, as tokio's `bind`
+/// does) with [`LISTEN_BACKLOG`], and `SO_REUSEADDR` as tokio sets it.
 pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     let mut last = None;
     for candidate in tokio::net::lookup_host(addr).await? {
-        let socket = match candidate {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        #[cfg(unix)]
-        socket.set_reuseaddr(true)?;
-        match socket
-            .bind(candidate)
-            .and_then(|()| socket.listen(LISTEN_BACKLOG))
-        {
+        let bound = (|| {
+            let socket = match candidate {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            #[cfg(unix)]
+            socket.set_reuseaddr(true)?;
+            socket.bind(candidate)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match bound {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        )
     }))
 }
 

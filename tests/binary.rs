@@ -928,7 +928,7 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
         .bearer_auth(&token)
         .header("x-request-id", "log-check-forged")
         .json(
-            &json!({"model": "evil\n2026-01-01T00:00:00Z  INFO request forged=yes\u{1b}[2J",
+            &json!({"model": "evil\n2026-01-01T00:00:00Z  INFO request forged=yes\u{1b}[2J\u{202e}x",
                       "messages": [{"role": "user", "content": "hi"}]}),
         )
         .send()
@@ -977,7 +977,7 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
     assert!(abandoned.contains("user=admin"), "{abandoned}");
     let forged = line_of("log-check-forged");
     assert!(
-        forged.contains("model=evil?2026-01-01T00:00:00Z  INFO request forged=yes?[2J "),
+        forged.contains("model=evil?2026-01-01T00:00:00Z??INFO?request?forged=yes?[2J?x "),
         "{forged}"
     );
     assert!(

@@ -409,6 +409,32 @@ async fn cors_allows_exactly_the_configured_origins() {
     let response = preflight(&app, "https://evil.example").await;
     let headers = response.headers();
     assert!(headers.get("access-control-allow-origin").is_none());
+
+    // Without an Origin (not a browser), no CORS answer, but the same
+    // `Vary` as a browser's request gets, so a shared cache keeps them apart;
+    // and an OPTIONS is still answered as a preflight.
+    let response = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert!(headers.get("access-control-allow-origin").is_none());
+    assert_eq!(
+        headers["vary"],
+        "origin, access-control-request-method, access-control-request-headers"
+    );
+    let response = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/v1/chat/completions"))
+        .send()
+        .await
+        .expect("options");
+    assert!(matches!(response.status().as_u16(), 200 | 204));
 }
 
 const IP_LIMIT_3: &str =

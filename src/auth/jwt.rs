@@ -42,6 +42,7 @@ pub struct JwtKeys {
     decoding: DecodingKey,
     validation: Validation,
     /// For the benchmark's ablation only (`crate::ablation`).
+    #[cfg(feature = "ablation")]
     unchecked: Validation,
     /// Tokens whose signature was checked, by their whole text: a client
     /// sends the same token with every request, and the HMAC, base64 and
@@ -73,12 +74,17 @@ impl JwtKeys {
         validation.leeway = 0;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        let mut unchecked = validation.clone();
-        unchecked.insecure_disable_signature_validation();
+        #[cfg(feature = "ablation")]
+        let unchecked = {
+            let mut unchecked = validation.clone();
+            unchecked.insecure_disable_signature_validation();
+            unchecked
+        };
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             validation,
+            #[cfg(feature = "ablation")]
             unchecked,
             verified: Mutex::new(HashMap::new()),
         }
@@ -141,10 +147,13 @@ impl JwtKeys {
 
     /// The full check: signature, algorithm, issuer, audience, expiry.
     fn check_signature(&self, token: &str) -> Result<Claims, ApiError> {
+        #[cfg(feature = "ablation")]
         let validation = match crate::ablation::off(crate::ablation::Part::Jwt) {
             true => &self.unchecked,
             false => &self.validation,
         };
+        #[cfg(not(feature = "ablation"))]
+        let validation = &self.validation;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation).map_err(
             |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::ExpiredToken,

@@ -134,21 +134,13 @@ impl Hold {
                 micros: billed.cost.map_or(0, |c| c.micros),
             })
         });
-        // Both at once: with Redis, the settle and the release go out
-        // together on the one connection (settle first) and come back in
-        // one round trip, not two.
         Box::pin(async move {
-            let settled = async move {
-                if let Some(settled) = settled {
-                    settled.await;
-                }
-            };
-            let slot = async move {
-                if let Some(slot) = slot {
-                    slot.await;
-                }
-            };
-            futures_util::future::join(settled, slot).await;
+            if let Some(settled) = settled {
+                settled.await;
+            }
+            if let Some(slot) = slot {
+                slot.await;
+            }
         })
     }
 }

@@ -164,7 +164,7 @@ pub struct FakeDeepSeek {
     shared: Arc<Shared>,
 }
 
-/// Binds `addr` with a listen backlog of 4,096 (tokio's default is 1,024),
+/// Binds `addr` with a listen backlog of 4,096 (tokio's default is 128),
 /// as a real API's front would have: the benchmark starts thousands of
 /// streams at once through the gateway, whose connections here must not be
 /// the ones dropped.
