@@ -33,8 +33,9 @@ pub enum Part {
     Headers,
     /// The usage tap's copy of each chunk (and so the usage it reads).
     Tap,
-    /// The tower layers that are not the route itself: CORS, panic catcher,
-    /// `no-store` and the Anthropic dialect rewriter.
+    /// The tower layers between the access log and the route: CORS and the
+    /// panic catcher (`no-store` and the error dialects are the access log
+    /// layer's, since issue 15's second round).
     Layers,
 }
 

@@ -1,6 +1,6 @@
 //! One log line per request, and the `X-Request-Id` every response carries.
 //!
-//! The [`access_log`] middleware is the outermost layer. It gives the request
+//! The [`AccessLogLayer`] is the outermost layer. It gives the request
 //! a [`RequestLog`] that inner layers fill in (user, upstream status, time to
 //! first byte, outcome), and wraps the response body so the line is written
 //! when the body ends or is dropped: for a stream, that is when the client got
@@ -13,9 +13,8 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use http_body::Frame;
 
@@ -246,7 +245,104 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
 }
 
-pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// The outermost layer: gives each request its id, client address and
+/// [`RequestLog`], puts the gateway's own errors in the route's dialect and
+/// `no-store` on `/auth/` answers ([`crate::routes::Finish`]), and wraps the
+/// response body so the request is logged when it ends. A hand-written
+/// service, not `axum::middleware::from_fn`: that one clones the route and
+/// boxes a future per request (BENCHMARKS.md, issue 15).
+#[derive(Clone)]
+pub struct AccessLogLayer(pub AppState);
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            state: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AccessLog<S> {
+    state: AppState,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for AccessLog<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Logged<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let line = start(&self.state, &mut req);
+        let route = crate::routes::Finish::of(req.uri().path());
+        Logged {
+            inner: self.inner.call(req),
+            // If the client goes away before there is a response (a hung
+            // upstream, a slow login), this future is dropped: the guard
+            // still logs the line.
+            pending: Pending(Some(line)),
+            route,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The route's answer, logged once its body ends.
+    pub struct Logged<F> {
+        #[pin]
+        inner: F,
+        pending: Pending,
+        route: crate::routes::Finish,
+    }
+}
+
+impl<F> std::future::Future for Logged<F>
+where
+    F: std::future::Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        let mut response = this.route.apply(response);
+        let Some(line) = this.pending.0.take() else {
+            return Poll::Ready(Ok(response));
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), line.request_id.clone());
+        let line = Line {
+            status: response.status().as_u16(),
+            error: response.extensions().get::<ErrorCode>().map(|c| c.0),
+            overhead: line.log.overhead(line.start),
+            ..line
+        };
+        Poll::Ready(Ok(response.map(|inner| {
+            Body::new(LoggedBody {
+                inner,
+                line: Some(line),
+                bytes_out: 0,
+                ended: false,
+            })
+        })))
+    }
+}
+
+/// The request's [`Line`], before there is an answer; the request gets its
+/// [`RequestLog`], [`RequestId`] and [`ClientIp`].
+fn start(state: &AppState, req: &mut Request) -> Line {
     let start = Instant::now();
     // The bearer token must never print, even through a Debug of the headers.
     for name in [axum::http::header::AUTHORIZATION.as_str(), "x-api-key"] {
@@ -254,7 +350,7 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
             auth.set_sensitive(true);
         }
     }
-    let id = request_id(&req);
+    let id = request_id(req);
     let log = RequestLog::default();
     let peer = req
         .extensions()
@@ -280,30 +376,8 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
         overhead: None,
     };
     req.extensions_mut().insert(log);
-    req.extensions_mut().insert(RequestId(id.clone()));
-
-    // If the client goes away before there is a response (a hung upstream,
-    // a slow login), this future is dropped: the guard still logs the line.
-    let mut pending = Pending(Some(line));
-    let mut response = next.run(req).await;
-    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    let Some(line) = pending.0.take() else {
-        return response;
-    };
-    let line = Line {
-        status: response.status().as_u16(),
-        error: response.extensions().get::<ErrorCode>().map(|c| c.0),
-        overhead: line.log.overhead(line.start),
-        ..line
-    };
-    response.map(|inner| {
-        Body::new(LoggedBody {
-            inner,
-            line,
-            bytes_out: 0,
-            ended: false,
-        })
-    })
+    req.extensions_mut().insert(RequestId(id));
+    line
 }
 
 struct Line {
@@ -323,7 +397,8 @@ struct Line {
 /// Counts the bytes of a response body and logs the request when it ends.
 struct LoggedBody {
     inner: Body,
-    line: Line,
+    /// Taken when the body is dropped.
+    line: Option<Line>,
     bytes_out: u64,
     ended: bool,
 }
@@ -366,7 +441,9 @@ impl Drop for LoggedBody {
         // Drop the inner body first: the relay records what it knows
         // (usage, or an estimate) as it goes.
         drop(std::mem::replace(&mut self.inner, Body::empty()));
-        self.line.write(self.bytes_out, ended);
+        if let Some(line) = self.line.take() {
+            line.finish(self.bytes_out, ended);
+        }
     }
 }
 
@@ -376,21 +453,46 @@ struct Pending(Option<Line>);
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(line) = self.0.take() {
-            line.write(0, false);
+            line.finish(0, false);
         }
     }
 }
 
 impl Line {
-    /// The one log line of a request. `ended`: the response was sent whole.
-    fn write(&self, bytes_out: u64, ended: bool) {
+    /// The request is over (`ended`: its response was sent whole). Its ledger
+    /// row is recorded now, before hyper sends the end of the body, so a
+    /// client that saw the end can find the row (and the journal has it).
+    /// The log line and the metrics come after: they are handed to a task
+    /// that runs on this thread once hyper has written the last bytes
+    /// (tokio's next-task slot, so no other thread is woken), which takes
+    /// their cost off the response's latency. A runtime shutting down drops
+    /// that task unrun; dropping it writes them all the same.
+    fn finish(self, bytes_out: u64, ended: bool) {
+        let outcome = {
+            let r = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
+            let outcome = match (r.outcome, ended) {
+                (Some(outcome), _) => outcome,
+                (None, true) => "completed",
+                (None, false) => "client_aborted",
+            };
+            self.record(&r, outcome, bytes_out);
+            outcome
+        };
+        let after = Written {
+            line: Some(self),
+            outcome,
+            bytes_out,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move { drop(after) })),
+            Err(_) => drop(after),
+        }
+    }
+
+    /// The log line and the metrics.
+    fn write(&self, outcome: &str, bytes_out: u64) {
         let l = self;
         let r = l.log.0.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = match (r.outcome, ended) {
-            (Some(outcome), _) => outcome,
-            (None, true) => "completed",
-            (None, false) => "client_aborted",
-        };
         if !ablation::off(Part::AccessLog) {
             log_line(l, &r, outcome, bytes_out);
         }
@@ -436,6 +538,11 @@ impl Line {
                 cost: r.billed.and_then(|b| b.cost),
             });
         }
+    }
+
+    /// The request's ledger row, if it went upstream.
+    fn record(&self, r: &Record, outcome: &str, bytes_out: u64) {
+        let l = self;
         if let Some(route) = r.route.filter(|_| !ablation::off(Part::Ledger)) {
             let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             let usage = r.usage.as_ref();
@@ -478,6 +585,21 @@ impl Line {
                     .and_then(|b| b.cost)
                     .map(|c| c.currency.code().to_owned()),
             });
+        }
+    }
+}
+
+/// A finished request's log line and metrics, written when dropped.
+struct Written {
+    line: Option<Line>,
+    outcome: &'static str,
+    bytes_out: u64,
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.write(self.outcome, self.bytes_out);
         }
     }
 }

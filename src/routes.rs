@@ -6,24 +6,25 @@
 //! files, whose every API call carries the user's own token).
 //!
 //! Layers, outermost first (a request passes them top to bottom):
-//! 1. `access_log`: client IP, request id, one log line when the body ends.
+//! 1. `AccessLogLayer`: client IP, request id, one log line when the body
+//!    ends; on the way out, `no-store` under `/auth` and the gateway's own
+//!    errors under `/anthropic` (and Codex's long refusals on `/responses`)
+//!    in their format's dialect ([`Finish`]).
 //! 2. `CatchPanicLayer`: a panic becomes a generic 500 and the process stays up.
 //! 3. CORS, only when `server.cors_allowed_origins` is set: answers
 //!    preflights before auth, since browsers send them without a token.
 //! 4. the router: public routes, or the token check and then a protected
-//!    route; everything under `/auth` is `Cache-Control: no-store`, and the
-//!    gateway's own errors under `/anthropic` are reworded in Anthropic's
-//!    dialect.
+//!    route.
 
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::middleware::{from_fn_with_state, map_response};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::access_log::{access_log, X_REQUEST_ID};
+use crate::access_log::{AccessLogLayer, X_REQUEST_ID};
 use crate::auth::{login, logout, require_token, require_token_and_slot};
 use crate::error::{ApiError, ErrorCode, ErrorMessage};
 use crate::formats::{anthropic, responses};
@@ -89,11 +90,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     if crate::ablation::off(crate::ablation::Part::Layers) {
-        return app
-            .layer(from_fn_with_state(state.clone(), access_log))
-            .with_state(state);
+        return app.layer(AccessLogLayer(state.clone())).with_state(state);
     }
-    with_layers(app.layer(map_response(finish)), state)
+    with_layers(app, state)
 }
 
 /// The layers every route sits behind. Public so tests can put a route that
@@ -101,7 +100,7 @@ pub fn router(state: AppState) -> Router {
 pub fn with_layers(app: Router<AppState>, state: AppState) -> Router {
     app.layer(ForBrowsers(cors(&state)))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(from_fn_with_state(state.clone(), access_log))
+        .layer(AccessLogLayer(state.clone()))
         .with_state(state)
 }
 
@@ -196,42 +195,52 @@ fn cors(state: &AppState) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// What every answer gets on its way out, in one layer (each layer costs a
-/// boxed future and a clone of the route per request): `no-store` under
-/// `/auth/`, and the gateway's own errors in the route's dialect.
-async fn finish(uri: Uri, response: Response) -> Response {
-    let mut response = dialect(&uri, response);
-    // Login answers and errors must never sit in a cache.
-    if uri.path().starts_with("/auth/") {
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    response
+/// What every answer gets on its way out, by its route, from the access
+/// log's layer: `no-store` under `/auth/`, and the gateway's own errors in
+/// the dialect of the route's format. On Anthropic routes, Anthropic's
+/// shape, so its SDKs raise their usual exceptions; on the Responses route,
+/// Codex's words for a long refusal. DeepSeek's own answers pass untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Login answers and errors must never sit in a cache.
+    NoStore,
+    Anthropic,
+    Responses,
+    AsIs,
 }
 
-/// The gateway's own errors in the dialect of the route's format: on
-/// Anthropic routes, Anthropic's shape, so its SDKs raise their usual
-/// exceptions; on the Responses route, Codex's words for a long refusal.
-/// DeepSeek's own answers pass untouched.
-fn dialect(uri: &Uri, mut response: Response) -> Response {
-    let Some(ErrorMessage(message)) = response.extensions_mut().remove::<ErrorMessage>() else {
-        return response;
-    };
-    let code = response.extensions().get::<ErrorCode>().map_or("", |c| c.0);
-    match uri.path() {
-        path if path.starts_with("/anthropic/") => {
-            anthropic::rewrite_error(&mut response, &message)
+impl Finish {
+    pub fn of(path: &str) -> Finish {
+        match path {
+            path if path.starts_with("/auth/") => Finish::NoStore,
+            path if path.starts_with("/anthropic/") => Finish::Anthropic,
+            "/responses" | "/v1/responses" => Finish::Responses,
+            _ => Finish::AsIs,
         }
-        "/responses" | "/v1/responses" => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            responses::rewrite_error(&mut response, code, &message, now);
-        }
-        _ => {}
     }
-    response
+
+    pub fn apply(self, mut response: Response) -> Response {
+        if self == Finish::NoStore {
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        let Some(ErrorMessage(message)) = response.extensions_mut().remove::<ErrorMessage>() else {
+            return response;
+        };
+        let code = response.extensions().get::<ErrorCode>().map_or("", |c| c.0);
+        match self {
+            Finish::Anthropic => anthropic::rewrite_error(&mut response, &message),
+            Finish::Responses => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                responses::rewrite_error(&mut response, code, &message, now);
+            }
+            Finish::NoStore | Finish::AsIs => {}
+        }
+        response
+    }
 }
 
 async fn healthz() -> Response {

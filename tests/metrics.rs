@@ -59,6 +59,27 @@ fn parse(text: &str) -> HashMap<String, f64> {
     samples
 }
 
+/// Scrapes until `done` holds (up to 5 s), then returns the text and its
+/// samples. A request's counters are updated just after its last byte is
+/// sent, so a scrape that follows at once may not see them yet.
+async fn scrape_when(
+    http: &reqwest::Client,
+    url: &str,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+) -> (String, HashMap<String, f64>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let response = http.get(url).send().await.expect("scrape");
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("text");
+        let samples = parse(&text);
+        if done(&samples) || std::time::Instant::now() > deadline {
+            return (text, samples);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn metrics_count_requests_rejections_errors_and_tokens_without_secrets() {
     let app = spawn_app_with(|s| s.server_extra = "metrics_addr = \"127.0.0.1:0\"".into()).await;
@@ -77,10 +98,10 @@ async fn metrics_count_requests_rejections_errors_and_tokens_without_secrets() {
     assert_eq!(app.chat(&token, &failing).await.status(), 502);
     assert_eq!(app.login("admin", "wrong").await.status(), 401);
 
-    let response = app.http.get(&metrics_url).send().await.expect("scrape");
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.expect("text");
-    let samples = parse(&text);
+    let p = "deepseek_proxy_";
+    let login =
+        format!("{p}requests_total{{code=\"invalid_credentials\",route=\"login\",status=\"401\"}}");
+    let (text, samples) = scrape_when(&app.http, &metrics_url, |s| s.contains_key(&login)).await;
     let get = |series: &str| {
         samples
             .get(series)
@@ -88,7 +109,6 @@ async fn metrics_count_requests_rejections_errors_and_tokens_without_secrets() {
             .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
     };
 
-    let p = "deepseek_proxy_";
     assert_eq!(
         get(&format!(
             "{p}requests_total{{code=\"\",route=\"chat\",status=\"200\"}}"
@@ -192,16 +212,8 @@ async fn metrics_count_every_format_by_route_and_tokens_by_the_served_model() {
     ];
     assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
 
-    let text = app
-        .http
-        .get(&metrics_url)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    let samples = parse(&text);
+    let fetch = "deepseek_proxy_requests_total{code=\"\",route=\"tool_fetch\",status=\"200\"}";
+    let (text, samples) = scrape_when(&app.http, &metrics_url, |s| s.contains_key(fetch)).await;
     let get = |series: &str| {
         samples
             .get(series)

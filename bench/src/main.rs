@@ -10,6 +10,7 @@
 //! runs only latency and throughput, for tuning iterations. `--tap` runs only
 //! the usage tap's per-chunk delay (see `tap/`), which the full run and
 //! `--smoke` include.
+//! `BENCH_BARE_BIN=PATH` runs that bare proxy build (e.g. `--features mimalloc`).
 //! `BENCH_GATEWAY_WORKERS=N` sets the gateway's tokio worker threads.
 //! `BENCH_JOURNAL=off` turns the ledger's crash journal off.
 //! For A/B runs: `BENCH_GATEWAY_BIN=PATH` runs that gateway binary instead

@@ -277,7 +277,12 @@ impl Procs {
                 },
             ));
         }
-        let bare = start_bare(&profile_dir(smoke).join("bare_proxy"), &fake_base).await?;
+        // `BENCH_BARE_BIN`: another build of it (for example `--features
+        // mimalloc`, the gateway's allocator).
+        let bare_bin = std::env::var_os("BENCH_BARE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| profile_dir(smoke).join("bare_proxy"));
+        let bare = start_bare(&bare_bin, &fake_base).await?;
         let nginx = start_nginx(&dir, &fake_base).await;
         Ok(Procs {
             fake,

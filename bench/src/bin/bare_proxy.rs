@@ -7,6 +7,12 @@
 
 use std::convert::Infallible;
 
+/// Built with `--features mimalloc`: the gateway's allocator, to tell the
+/// allocator's share of memory per stream from the gateway's own.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use hyper::body::Incoming;
 use hyper::{Request, Response, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
