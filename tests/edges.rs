@@ -303,7 +303,9 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
     let token = app.token(ADMIN).await;
     let state = app.state.clone();
     let router = deepseek_proxy::routes::with_layers(
-        Router::new().route("/boom", post(boom)),
+        Router::new()
+            .route("/boom", post(boom))
+            .route("/anthropic/boom", post(boom)),
         state.clone(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -334,6 +336,21 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
             "slot 7 is free again"
         );
     }
+    // Under /anthropic the 500 is in Anthropic's error shape, like every
+    // other error of the gateway's there.
+    let response = app
+        .http
+        .post(format!("http://{addr}/anthropic/boom"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 500);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], "api_error", "{body}");
+    assert!(!body.to_string().contains("5f3a"), "{body}");
+    assert_eq!(state.store.in_flight(), 0);
     // The panic is logged, at trace level nothing secret is.
     let logs =
         String::from_utf8_lossy(&CAPTURED.lock().unwrap_or_else(|e| e.into_inner())).to_string();

@@ -106,36 +106,45 @@ impl Percentiles {
     }
 }
 
-/// `n` non-stream requests one after another on one keep-alive connection.
+/// `n` non-stream requests to each target at concurrency 1, each target on
+/// its own keep-alive connection, interleaved (one request to each in turn,
+/// the order rotating every round): a drift of the machine's speed during
+/// the run falls on every target alike, which measuring them one after
+/// another does not give on a shared VM. The first 50 rounds warm up.
 pub async fn latency(
-    target: &Target,
-    token: Option<String>,
+    targets: &[(&Target, Option<String>)],
     n: usize,
-) -> Result<Percentiles, String> {
-    let http = client(1)?;
-    let url = target.chat_url();
+) -> Result<Vec<Percentiles>, String> {
     let body = serde_json::to_vec(&small_body(false)).map_err(|e| e.to_string())?;
-    let bearer = target.bearer(token.as_deref()).to_owned();
-    let mut samples = Vec::with_capacity(n);
+    let mut peers = Vec::with_capacity(targets.len());
+    for (target, token) in targets {
+        let bearer = target.bearer(token.as_deref()).to_owned();
+        peers.push((client(1)?, target.chat_url(), bearer));
+    }
+    let mut samples = vec![Vec::with_capacity(n); targets.len()];
     for i in 0..(n + 50) {
-        let started = Instant::now();
-        let response = http
-            .post(&url)
-            .bearer_auth(&bearer)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("latency request got {}", response.status()));
-        }
-        response.bytes().await.map_err(|e| e.to_string())?;
-        if i >= 50 {
-            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        for k in 0..peers.len() {
+            let j = (i + k) % peers.len();
+            let (http, url, bearer) = &peers[j];
+            let started = Instant::now();
+            let response = http
+                .post(url)
+                .bearer_auth(bearer)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("latency request got {}", response.status()));
+            }
+            response.bytes().await.map_err(|e| e.to_string())?;
+            if i >= 50 {
+                samples[j].push(started.elapsed().as_secs_f64() * 1e6);
+            }
         }
     }
-    Ok(Percentiles::of(samples))
+    Ok(samples.into_iter().map(Percentiles::of).collect())
 }
 
 pub struct Throughput {

@@ -150,13 +150,15 @@ async fn latency_and_throughput(
     report: &mut Report,
     seen: &mut Seen,
 ) -> Result<(), String> {
-    let direct_lat = load::latency(direct, None, plan.latency_requests).await?;
-    let mut lat_cols = Vec::new();
-    for peer in peers {
-        let token = peer.tokens.first().cloned();
-        let lat = load::latency(&peer.target, token, plan.latency_requests).await?;
-        lat_cols.push(lat);
-    }
+    // Interleaved: one request to each in turn (see `load::latency`).
+    let mut targets = vec![(direct, None)];
+    targets.extend(
+        peers
+            .iter()
+            .map(|peer| (&peer.target, peer.tokens.first().cloned())),
+    );
+    let mut lat_cols = load::latency(&targets, plan.latency_requests).await?;
+    let direct_lat = lat_cols.remove(0);
     for (label, pick) in [("p50", 0usize), ("p99", 1), ("max", 2)] {
         let d = direct_lat.get(pick);
         let cells: Vec<String> = lat_cols
