@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Instructions per request of a gateway build, counted by callgrind: unlike
+# CPU time, the same on a busy machine as on an idle one, so small changes
+# show (BENCHMARKS.md, issue 15). The fake and the gateway (production
+# defaults: access log at info, SQLite ledger with its journal, metrics,
+# quotas) run, the gateway under `valgrind --tool=callgrind`; after a 5 s
+# warm-up the counters are zeroed, `wrk -t1 -c1 -d20s` runs, and the
+# instructions of every thread are divided by the requests served.
+#
+#   bench/instructions.sh GATEWAY_BIN [LABEL] [PROFILE_OUT]
+#
+# PROFILE_OUT keeps the callgrind file (`callgrind_annotate --inclusive=yes`).
+# Needs valgrind, wrk and python3.
+set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: bench/instructions.sh GATEWAY_BIN [LABEL] [PROFILE_OUT]" >&2; exit 2; }
+BIN=$(realpath "$1"); NAME=${2:-gateway}; KEEP=${3:-}
+cd "$(dirname "$0")/.."
+for tool in valgrind callgrind_control wrk; do
+  command -v $tool >/dev/null || { echo "instructions.sh: needs $tool" >&2; exit 2; }
+done
+cargo build --release --quiet -p fake_deepseek
+W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
+fp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+FAKE=$(fp); P=$(fp)
+target/release/fake_deepseek --addr "127.0.0.1:$FAKE" --key sk-cg >/dev/null 2>&1 &
+cat > $W/gw.toml <<T
+[server]
+host = "127.0.0.1"
+port = $P
+[auth]
+jwt_secret = "$(printf 'b%.0s' $(seq 40))"
+[[auth.users]]
+username = "u"
+password = "pw"
+[deepseek]
+api_key = "sk-cg"
+base_url = "http://127.0.0.1:$FAKE/v1"
+[quotas]
+requests_per_minute = 1000000
+tokens_per_day = 1000000000000
+max_concurrent = 64
+budget_per_month = 1000000
+[storage]
+sqlite_path = "$W/usage.db"
+T
+RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file=$W/cg.out $BIN --config $W/gw.toml >/dev/null 2>$W/log &
+VG=$!
+for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$P/healthz" && break; sleep 0.2; done
+tok=$(curl -s "http://127.0.0.1:$P/auth/login" -H 'content-type: application/json' -d '{"username":"u","password":"pw"}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
+cat > $W/r.lua <<L
+request = function()
+  return wrk.format("POST", "/v1/chat/completions",
+    {["Authorization"] = "Bearer $tok", ["Content-Type"] = "application/json"},
+    '{"model":"deepseek-flash","stream":false,"thinking":{"type":"disabled"},"messages":[{"role":"user","content":"hi"}]}')
+end
+L
+wrk -t1 -c1 -d5s -s $W/r.lua "http://127.0.0.1:$P" >/dev/null
+sleep 1.5   # the ledger's writer flushes once a second
+callgrind_control -z $VG >/dev/null
+out=$(wrk -t1 -c1 -d20s -s $W/r.lua "http://127.0.0.1:$P")
+sleep 1.5
+callgrind_control -d $VG >/dev/null
+sleep 1
+n=$(awk '/requests in/ {print $1}' <<<"$out")
+bad=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+ir=$(cat $W/cg.out.* 2>/dev/null | awk '/^totals:/ {s+=$2} END {print s}')
+echo "$NAME requests=$n non2xx=${bad:-0} Ir=$ir Ir/request=$((ir / n))"
+kill $VG; wait $VG 2>/dev/null || true
+if [ -n "$KEEP" ]; then cp "$W"/cg.out.1 "$KEEP"; fi
+rm -rf $W
