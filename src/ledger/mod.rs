@@ -28,8 +28,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::StorageConfig;
 
-/// Rows written per transaction at most.
-const BATCH_ROWS: usize = 500;
+/// Rows written per transaction at most. Large, because with many users
+/// each row dirties its own page of the per-user index, and SQLite's WAL
+/// writes every page a transaction dirtied once per transaction: 5,000 rows
+/// a transaction cost a quarter less CPU per row than 500
+/// (`bench/sqlite_floor`, BENCHMARKS.md).
+const BATCH_ROWS: usize = 5000;
 /// The longest a row waits in the queue before it is written.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the last rows to be written.
@@ -101,6 +105,10 @@ pub struct Ledger {
     /// per request costs more CPU than the insert).
     batch_ready: Arc<Notify>,
     flushes: mpsc::Sender<oneshot::Sender<()>>,
+    /// Rows queued that wake the writer before its next tick: a batch, or
+    /// half the queue if that is smaller, so a small queue never fills
+    /// while the writer sleeps.
+    wake_at: usize,
     dropped: Arc<AtomicU64>,
     /// For reads (admin API, usage command); the writer has its own handle.
     pool: AnyPool,
@@ -170,6 +178,7 @@ impl Ledger {
             tx,
             batch_ready,
             flushes,
+            wake_at: BATCH_ROWS.min(config.queue_capacity / 2).max(1),
             dropped,
             pool,
             journal,
@@ -193,7 +202,7 @@ impl Ledger {
             None => self.tx.try_send(Box::new(row)).is_ok(),
         };
         if queued {
-            if self.queued() >= BATCH_ROWS {
+            if self.queued() >= self.wake_at {
                 self.batch_ready.notify_one();
             }
         } else {
@@ -262,7 +271,7 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self) {
-        let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH_ROWS);
+        let mut batch: Vec<UsageRecord> = Vec::new();
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
             let flush_done = tokio::select! {
