@@ -25,57 +25,11 @@ GW=target/ablation/release/deepseek_proxy
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 FAKE_PORT=$(free_port)
 GW_PORT=$(free_port)
-target/release/fake_deepseek --addr "127.0.0.1:$FAKE_PORT" --key sk-ablation >/dev/null 2>&1 &
-
-python3 - "$WORK" "$FAKE_PORT" "$GW_PORT" <<'PY'
-import sys
-work, fake, port = sys.argv[1:]
-users = "".join(f'[[auth.users]]\nusername = "user{i}"\npassword = "pw{i}"\n' for i in range(1000))
-open(f"{work}/gw.toml", "w").write(f'''[server]
-host = "127.0.0.1"
-port = {port}
-max_connections = 50000
-[auth]
-jwt_secret = "{'b' * 40}"
-login_max_failures_per_ip_per_minute = 1000000
-{users}
-[deepseek]
-api_key = "sk-ablation"
-base_url = "http://127.0.0.1:{fake}/v1"
-[quotas]
-requests_per_minute = 1000000
-tokens_per_day = 1000000000000
-max_concurrent = 64
-budget_per_month = 1000000
-[storage]
-sqlite_path = "{work}/usage.db"
-''')
-PY
-
-# Logs the users in and writes wrk's script with their tokens.
-tokens() {
-  python3 - "$1" "$WORK/tokens.lua" <<'PY'
-import json, sys, urllib.request
-base, out = sys.argv[1:]
-tokens = []
-for i in range(1000):
-    body = json.dumps({"username": f"user{i}", "password": f"pw{i}"}).encode()
-    req = urllib.request.Request(base + "/auth/login", data=body, headers={"content-type": "application/json"})
-    tokens.append(json.load(urllib.request.urlopen(req))["token"])
-open(out, "w").write("tokens = {" + ",".join('"%s"' % t for t in tokens) + "}\n" + '''
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("POST", "/v1/chat/completions",
-    {["Authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1], ["Content-Type"] = "application/json"},
-    '{"model":"deepseek-flash","stream":false,"thinking":{"type":"disabled"},"messages":[{"role":"user","content":"hi"}]}')
-end
-''')
-PY
-}
+target/release/fake_deepseek --addr "127.0.0.1:$FAKE_PORT" --key "$BENCH_KEY" >/dev/null 2>&1 &
+gateway_toml "$WORK" "$GW_PORT" "$FAKE_PORT" 1000
 
 # CPU ticks by thread name (tokio-rt-worker, sqlx-sqlite-wor, ...).
 ticks() {
@@ -88,8 +42,8 @@ row() {
   rm -f "$WORK"/usage.db*
   DSP_ABLATE="$1" RUST_LOG=info "$GW" --config "$WORK/gw.toml" >/dev/null 2>"$WORK/gw.log" &
   local pid=$!
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$GW_PORT/healthz" && break; sleep 0.1; done
-  tokens "http://127.0.0.1:$GW_PORT"
+  wait_healthy "$GW_PORT"
+  chat_lua "$WORK/tokens.lua" "http://127.0.0.1:$GW_PORT" 1000
   wrk -t1 -c32 -d2s -s "$WORK/tokens.lua" "http://127.0.0.1:$GW_PORT" >/dev/null
   ticks "$pid" >"$WORK/t0"
   local out

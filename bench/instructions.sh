@@ -20,40 +20,14 @@ for tool in valgrind callgrind_control wrk; do
 done
 cargo build --release --quiet -p fake_deepseek
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
-fp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-FAKE=$(fp); P=$(fp)
-target/release/fake_deepseek --addr "127.0.0.1:$FAKE" --key sk-cg >/dev/null 2>&1 &
-cat > $W/gw.toml <<T
-[server]
-host = "127.0.0.1"
-port = $P
-[auth]
-jwt_secret = "$(printf 'b%.0s' $(seq 40))"
-[[auth.users]]
-username = "u"
-password = "pw"
-[deepseek]
-api_key = "sk-cg"
-base_url = "http://127.0.0.1:$FAKE/v1"
-[quotas]
-requests_per_minute = 1000000
-tokens_per_day = 1000000000000
-max_concurrent = 64
-budget_per_month = 1000000
-[storage]
-sqlite_path = "$W/usage.db"
-T
+. bench/lib.sh
+FAKE=$(free_port); P=$(free_port)
+target/release/fake_deepseek --addr "127.0.0.1:$FAKE" --key "$BENCH_KEY" >/dev/null 2>&1 &
+gateway_toml $W $P $FAKE 1
 RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file=$W/cg.out $BIN --config $W/gw.toml >/dev/null 2>$W/log &
 VG=$!
-for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$P/healthz" && break; sleep 0.2; done
-tok=$(curl -s "http://127.0.0.1:$P/auth/login" -H 'content-type: application/json' -d '{"username":"u","password":"pw"}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
-cat > $W/r.lua <<L
-request = function()
-  return wrk.format("POST", "/v1/chat/completions",
-    {["Authorization"] = "Bearer $tok", ["Content-Type"] = "application/json"},
-    '{"model":"deepseek-flash","stream":false,"thinking":{"type":"disabled"},"messages":[{"role":"user","content":"hi"}]}')
-end
-L
+wait_healthy $P 120   # valgrind starts slowly
+chat_lua $W/r.lua "http://127.0.0.1:$P" 1
 wrk -t1 -c1 -d5s -s $W/r.lua "http://127.0.0.1:$P" >/dev/null
 sleep 1.5   # the ledger's writer flushes once a second
 callgrind_control -z $VG >/dev/null
