@@ -106,8 +106,8 @@ pub struct Ledger {
     batch_ready: Arc<Notify>,
     flushes: mpsc::Sender<oneshot::Sender<()>>,
     /// Rows queued that wake the writer before its next tick: a batch, or
-    /// half the queue if that is smaller, so a small queue never fills
-    /// while the writer sleeps.
+    /// half the queue if that is smaller, so a small queue is drained when
+    /// half full rather than once a second.
     wake_at: usize,
     dropped: Arc<AtomicU64>,
     /// For reads (admin API, usage command); the writer has its own handle.
