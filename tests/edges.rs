@@ -314,12 +314,14 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
     let addr = listener.local_addr().expect("addr");
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, service).await });
-    for _ in 0..2 {
-        let response = app
-            .http
-            .post(format!("http://{addr}/boom"))
+    let boom = |path: &str| {
+        app.http
+            .post(format!("http://{addr}{path}"))
             .bearer_auth(&token)
             .send()
+    };
+    for _ in 0..2 {
+        let response = boom("/boom")
             .await
             .expect("an answer, not a dropped connection");
         assert_eq!(response.status(), 500);
@@ -338,13 +340,7 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
     }
     // Under /anthropic the 500 is in Anthropic's error shape, like every
     // other error of the gateway's there.
-    let response = app
-        .http
-        .post(format!("http://{addr}/anthropic/boom"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("an answer");
+    let response = boom("/anthropic/boom").await.expect("an answer");
     assert_eq!(response.status(), 500);
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(body["type"], "error", "{body}");
