@@ -539,6 +539,25 @@ async fn demo_mode_serves_login_and_chat_without_any_key() {
     proxy.stop().await;
 }
 
+/// Huge pages cost ~18 KiB per open stream (BENCHMARKS.md, issue 15): the
+/// binary turns them off for itself, whatever the kernel's setting, and
+/// still answers.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_runs_with_transparent_huge_pages_off() {
+    let (_fake, _dir, proxy) = proxy_in_front_of_fake(5).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid))
+        .expect("the child's /proc status");
+    let thp = status.lines().find(|l| l.starts_with("THP_enabled:"));
+    // Kernels before 5.0 do not report it; those that do must say 0.
+    if let Some(line) = thp {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+    let token = proxy.token(ADMIN).await;
+    assert_eq!(proxy.chat(&token, &chat_body(false)).await.status(), 200);
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------- shutdown
 
 /// A binary in front of a fresh fake, with `grace` seconds to drain.
