@@ -24,6 +24,7 @@ pub struct Procs {
     fake_base: String,
     gateways: Vec<(Child, Gateway)>,
     bare: Option<(Child, Target)>,
+    bare_wide: Option<(Child, Target)>,
     nginx: Option<(Child, Target)>,
     extra: Vec<Child>,
     redis: Option<Child>,
@@ -282,13 +283,15 @@ impl Procs {
         let bare_bin = std::env::var_os("BENCH_BARE_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| profile_dir(smoke).join("bare_proxy"));
-        let bare = start_bare(&bare_bin, &fake_base).await?;
+        let bare = start_bare(&bare_bin, &fake_base, None).await?;
+        let bare_wide = start_bare(&bare_bin, &fake_base, Some(GATEWAY_BACKLOG)).await?;
         let nginx = start_nginx(&dir, &fake_base).await;
         Ok(Procs {
             fake,
             fake_base,
             gateways,
             bare: Some(bare),
+            bare_wide: Some(bare_wide),
             nginx,
             extra: Vec::new(),
             redis,
@@ -310,17 +313,21 @@ impl Procs {
     /// columns: the bare hyper proxy, nginx when it is installed (the
     /// references: proxies that do no work), then the gateways.
     pub fn peers(&self) -> Vec<Gateway> {
-        let references = [("bare", &self.bare), ("nginx", &self.nginx)]
-            .into_iter()
-            .filter_map(|(name, r)| {
-                let (child, target) = r.as_ref()?;
-                Some(Gateway {
-                    name: name.to_owned(),
-                    target: target.clone(),
-                    tokens: Vec::new(),
-                    pid: child.id()?,
-                })
-            });
+        let references = [
+            ("bare", &self.bare),
+            ("bare-wide", &self.bare_wide),
+            ("nginx", &self.nginx),
+        ]
+        .into_iter()
+        .filter_map(|(name, r)| {
+            let (child, target) = r.as_ref()?;
+            Some(Gateway {
+                name: name.to_owned(),
+                target: target.clone(),
+                tokens: Vec::new(),
+                pid: child.id()?,
+            })
+        });
         references.chain(self.gateways()).collect()
     }
 
@@ -395,7 +402,7 @@ impl Procs {
         for child in &mut self.extra {
             let _ = child.kill().await;
         }
-        if let Some((child, _)) = &mut self.bare {
+        for (child, _) in self.bare.iter_mut().chain(self.bare_wide.iter_mut()) {
             let _ = child.kill().await;
         }
         if let Some((child, _)) = &mut self.nginx {
@@ -504,10 +511,21 @@ fn rss_kib_of(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The bare hyper proxy (`bench/src/bin/bare_proxy.rs`) in front of the fake.
-async fn start_bare(bin: &std::path::Path, fake_base: &str) -> Result<(Child, Target), String> {
+/// The gateway's listen backlog (`app::LISTEN_BACKLOG`), for `bare-wide`.
+const GATEWAY_BACKLOG: u32 = 65_535;
+
+/// The bare hyper proxy (`bench/src/bin/bare_proxy.rs`) in front of the
+/// fake, with tokio's listen backlog or `backlog`.
+async fn start_bare(
+    bin: &std::path::Path,
+    fake_base: &str,
+    backlog: Option<u32>,
+) -> Result<(Child, Target), String> {
     let mut cmd = Command::new(bin);
     cmd.args(["127.0.0.1:0", fake_base.trim_end_matches("/v1")]);
+    if let Some(backlog) = backlog {
+        cmd.arg(backlog.to_string());
+    }
     let (child, line) = spawn_until(cmd, "listening on").await?;
     let base = line.rsplit(' ').next().unwrap_or_default().to_owned();
     let mut target = Target::new(&base, "/v1/chat/completions", "/auth/login");

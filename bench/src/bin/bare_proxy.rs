@@ -1,8 +1,10 @@
-//! `bare_proxy LISTEN_ADDR UPSTREAM_BASE`: the floor the gateway is measured
-//! against. A reverse proxy on the same stack (tokio, hyper's HTTP/1 server,
-//! hyper-util's pooled client) that does nothing but forward: no auth, no
-//! log, no state. TCP_NODELAY on both sides, and the listener's backlog at
-//! tokio's default, as the smallest program would have it. Prints
+//! `bare_proxy LISTEN_ADDR UPSTREAM_BASE [BACKLOG]`: the floor the gateway is
+//! measured against. A reverse proxy on the same stack (tokio, hyper's HTTP/1
+//! server, hyper-util's pooled client) that does nothing but forward: no
+//! auth, no log, no state. TCP_NODELAY on both sides, and the listener's
+//! backlog at tokio's default (128), as the smallest program would have it,
+//! or `BACKLOG` (the bench's `bare-wide` peer asks for the gateway's, so
+//! that a burst of connections is all open at once in both). Prints
 //! `listening on http://ADDR` once bound.
 
 use std::convert::Infallible;
@@ -23,15 +25,35 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
         eprintln!(
-            "usage: bare_proxy LISTEN_ADDR UPSTREAM_BASE (e.g. 127.0.0.1:0 http://127.0.0.1:9000)"
+            "usage: bare_proxy LISTEN_ADDR UPSTREAM_BASE [BACKLOG] (e.g. 127.0.0.1:0 http://127.0.0.1:9000)"
         );
         std::process::exit(2);
+    };
+    let backlog: Option<u32> = match args.next().map(|b| b.parse()) {
+        None => None,
+        Some(Ok(backlog)) => Some(backlog),
+        Some(Err(e)) => {
+            eprintln!("bare_proxy: BACKLOG: {e}");
+            std::process::exit(2);
+        }
     };
     let upstream: Uri = upstream.parse().map_err(std::io::Error::other)?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    let listener = match backlog {
+        None => tokio::net::TcpListener::bind(&listen).await?,
+        Some(backlog) => {
+            let addr: std::net::SocketAddr = listen.parse().map_err(std::io::Error::other)?;
+            let socket = match addr {
+                std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(backlog)?
+        }
+    };
     println!("listening on http://{}", listener.local_addr()?);
     loop {
         let (tcp, _) = listener.accept().await?;
