@@ -539,7 +539,7 @@ async fn demo_mode_serves_login_and_chat_without_any_key() {
     proxy.stop().await;
 }
 
-/// Huge pages cost ~18 KiB per open stream (BENCHMARKS.md, issue 15): the
+/// Huge pages cost 18–25 KiB per open stream (BENCHMARKS.md, issue 15): the
 /// binary turns them off for itself, whatever the kernel's setting, and
 /// still answers.
 #[cfg(target_os = "linux")]
