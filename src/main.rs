@@ -265,11 +265,11 @@ fn main() -> ExitCode {
 /// Turns transparent huge pages off for this process. mimalloc asks for
 /// them (`MADV_HUGEPAGE`) on its arenas, and a kernel set to `always` gives
 /// them anyway; either way one touched byte makes 2 MiB resident, and 1,000
-/// open streams cost 18–25 KiB more each with them (about 70 against 46 KiB
-/// in `bench -- --streams`), for no measurable CPU per request (BENCHMARKS.md, issue 15). What was
-/// allocated before `main` keeps its pages; that is the idle heap. A
-/// kernel without the call (before 3.15) keeps huge pages: only memory is
-/// at stake, so the error is ignored.
+/// open streams cost 16–25 KiB more each with them (about 70 against 46 KiB
+/// in `bench -- --streams`), for no measurable CPU per request
+/// (BENCHMARKS.md, issue 15). Only the runtime's few allocations before
+/// `main` may keep huge pages. A kernel without the call (before 3.15)
+/// keeps them: only memory is at stake, so the error is ignored.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);

@@ -380,14 +380,14 @@ async fn failover_stops_after_failover_attempts_further_upstreams() {
 // 5. Weights within a priority.
 
 #[tokio::test]
-async fn weights_1_and_3_split_1000_requests_by_a_chi_square_test_at_p_1e_6() {
+async fn weights_1_and_3_split_4000_requests_by_a_chi_square_test_at_p_1e_6() {
     let tables = vec![
         UpstreamTable::new("light", "priority = 0\nweight = 1"),
         UpstreamTable::new("heavy", "priority = 0\nweight = 3"),
     ];
     let UpstreamsApp { app, fakes, .. } = spawn_upstreams(tables, "", |_| {}).await;
     let token = app.token(ADMIN).await;
-    const N: usize = 1000;
+    const N: usize = 4000;
     let body = chat_body(false);
     for i in 0..N {
         let answer = chat(&app, &token, &body).await;
@@ -397,9 +397,11 @@ async fn weights_1_and_3_split_1000_requests_by_a_chi_square_test_at_p_1e_6() {
     assert_eq!(light + heavy, N as f64, "one try each");
     let (e_light, e_heavy) = (N as f64 / 4.0, N as f64 * 3.0 / 4.0);
     let chi2 = (light - e_light).powi(2) / e_light + (heavy - e_heavy).powi(2) / e_heavy;
-    // 1 degree of freedom, p = 1e-6: a fair picker fails this once in a
-    // million runs (p = 0.01 failed a CI run: 286 against 250 expected).
-    // Weights ignored (500/500) give 333, weights reversed (750/250) 1333.
+    // 1 degree of freedom, p = 1e-6: a fair picker fails this about once in
+    // a million runs (p = 0.01 with 1,000 requests failed a CI run: 286
+    // against 250 expected). 4,000 requests keep it sharp: light must fall
+    // within 866..1134 of the 1,000 expected, so weights ignored (2000/2000,
+    // chi-square 1333) or a 1:2.2 split (1250) fail.
     assert!(
         chi2 < 23.93,
         "light {light}, heavy {heavy}: chi-square {chi2:.2} >= 23.93"

@@ -310,8 +310,10 @@ impl Procs {
     }
 
     /// Every proxy in front of the fake, in the order of the report's
-    /// columns: the bare hyper proxy, nginx when it is installed (the
-    /// references: proxies that do no work), then the gateways.
+    /// columns: the bare hyper proxy (with tokio's backlog, then as
+    /// `bare-wide` with the gateway's), nginx when it is installed (the
+    /// references: proxies that do no work), then the gateways. Both bare
+    /// proxies append their stderr to the same `bare_proxy.log`.
     pub fn peers(&self) -> Vec<Gateway> {
         let references = [
             ("bare", &self.bare),
