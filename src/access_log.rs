@@ -464,7 +464,8 @@ impl Line {
     /// client that saw the end can find the row (and the journal has it).
     /// The log line and the metrics come after: they are handed to a task
     /// that runs on this thread once hyper has written the last bytes
-    /// (tokio's next-task slot, so no other thread is woken), which takes
+    /// (tokio's next-task slot; if that slot is taken, tokio may also wake
+    /// an idle worker, as `strace` shows at concurrency 1), which takes
     /// their cost off the response's latency. A runtime shutting down drops
     /// that task unrun; dropping it writes them all the same.
     fn finish(self, bytes_out: u64, ended: bool) {
