@@ -7,6 +7,7 @@
 //! the last byte or went away, which is when bytes and outcome are known.
 
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
@@ -286,8 +287,11 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         let line = start(&self.state, &mut req);
         let route = crate::routes::Finish::of(req.uri().path());
+        // A route that panics gets a generic 500 and the process stays up
+        // (here, not in a layer of its own: one layer less per request).
+        let inner = catch_unwind(AssertUnwindSafe(|| self.inner.call(req))).ok();
         Logged {
-            inner: self.inner.call(req),
+            inner: inner.into(),
             // If the client goes away before there is a response (a hung
             // upstream, a slow login), this future is dropped: the guard
             // still logs the line.
@@ -300,8 +304,9 @@ where
 pin_project_lite::pin_project! {
     /// The route's answer, logged once its body ends.
     pub struct Logged<F> {
+        // `None` if the route panicked when called.
         #[pin]
-        inner: F,
+        inner: futures_util::future::OptionFuture<F>,
         pending: Pending,
         route: crate::routes::Finish,
     }
@@ -315,7 +320,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = ready!(this.inner.poll(cx));
+        // A panic while polling ends the future: it is not polled again.
+        let response = match catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Some(Ok(response)))) => response,
+            Ok(Poll::Ready(None)) | Err(_) => crate::routes::panic_response(),
+        };
         let mut response = this.route.apply(response);
         let Some(line) = this.pending.0.take() else {
             return Poll::Ready(Ok(response));

@@ -6,7 +6,6 @@
 //! header size (431), TCP_NODELAY on every accepted socket, and a graceful
 //! stop that lets open streams finish for a bounded time.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,13 +22,13 @@ use tower::ServiceExt;
 
 use crate::config::{Config, ServerConfig};
 use crate::ledger::Ledger;
-use crate::routes::router;
+use crate::routes::{router, Gateway};
 use crate::state::AppState;
 
 pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    router: Router,
+    gateway: Gateway,
     state: AppState,
     limits: Limits,
 }
@@ -119,7 +118,7 @@ impl App {
         Ok(App {
             listener,
             metrics_listener,
-            router: router(state.clone()),
+            gateway: router(state.clone()),
             state,
             limits,
         })
@@ -188,13 +187,12 @@ impl App {
             };
             // Small SSE frames must leave at once, not wait for Nagle.
             let _ = tcp.set_nodelay(true);
-            let router = self.router.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let gateway = self.gateway.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo(peer));
-                let router = router.clone();
-                async move {
-                    Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {}))
-                }
+                // Three reference counts: the state, CORS's settings, the router.
+                gateway.clone().oneshot(req)
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
             open.spawn(async move {

@@ -5,15 +5,18 @@
 //! is reachable without a token (login, health, and the console's static
 //! files, whose every API call carries the user's own token).
 //!
-//! Layers, outermost first (a request passes them top to bottom):
+//! Layers, outermost first (a request passes them top to bottom), around
+//! the whole router rather than each route (a layer added with
+//! `Router::layer` is cloned and boxed again for every request):
 //! 1. `AccessLogLayer`: client IP, request id, one log line when the body
-//!    ends; on the way out, `no-store` under `/auth` and the gateway's own
-//!    errors under `/anthropic` (and Codex's long refusals on `/responses`)
-//!    in their format's dialect ([`Finish`]).
-//! 2. `CatchPanicLayer`: a panic becomes a generic 500 and the process stays up.
-//! 3. CORS, only when `server.cors_allowed_origins` is set: answers
-//!    preflights before auth, since browsers send them without a token.
-//! 4. the router: public routes, or the token check and then a protected
+//!    ends; a panic becomes a generic 500 and the process stays up; on the
+//!    way out, `no-store` under `/auth` and the gateway's own errors under
+//!    `/anthropic` (and Codex's long refusals on `/responses`) in their
+//!    format's dialect ([`Finish`]).
+//! 2. CORS, only for browsers' requests (an `Origin`) and `OPTIONS`:
+//!    answers preflights before auth, since browsers send them without a
+//!    token.
+//! 3. the router: public routes, or the token check and then a protected
 //!    route.
 
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
@@ -21,10 +24,9 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::access_log::{AccessLogLayer, X_REQUEST_ID};
+use crate::access_log::{AccessLog, AccessLogLayer, X_REQUEST_ID};
 use crate::auth::{login, logout, require_token, require_token_and_slot};
 use crate::error::{ApiError, ErrorCode, ErrorMessage};
 use crate::formats::{anthropic, responses};
@@ -32,7 +34,7 @@ use crate::state::AppState;
 use crate::users::api as users;
 use crate::{admin, proxy};
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> Gateway {
     // Completions take the token's slot in the same step as the token check.
     let with_slot = Router::new()
         .route("/chat/completions", post(proxy::chat))
@@ -89,44 +91,33 @@ pub fn router(state: AppState) -> Router {
         .merge(public)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    if crate::ablation::off(crate::ablation::Part::Layers) {
-        return app.layer(AccessLogLayer(state.clone())).with_state(state);
-    }
     with_layers(app, state)
 }
 
+/// The gateway as one service: the layers around the router.
+pub type Gateway = AccessLog<CorsForBrowsers<Router>>;
+
 /// The layers every route sits behind. Public so tests can put a route that
 /// misbehaves (panics) behind exactly the same stack.
-pub fn with_layers(app: Router<AppState>, state: AppState) -> Router {
-    app.layer(ForBrowsers(cors(&state)))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(AccessLogLayer(state.clone()))
-        .with_state(state)
+pub fn with_layers(app: Router<AppState>, state: AppState) -> Gateway {
+    let cors = CorsForBrowsers {
+        cors: std::sync::Arc::new(cors(&state)),
+        inner: app.with_state(state.clone()),
+    };
+    tower::Layer::layer(&AccessLogLayer(state), cors)
 }
 
-/// A CORS layer applied only to requests that carry an `Origin` header
-/// (browsers send one on every cross-origin request and every preflight)
-/// and to `OPTIONS`; the others pass straight to the route with the `Vary` header the CORS
-/// layer would have added. tower-http's layer builds a header map for
-/// every response: ~4 µs of CPU per request (BENCHMARKS.md, issue 15).
+/// CORS applied only to requests that carry an `Origin` header (browsers
+/// send one on every cross-origin request and every preflight) and to
+/// `OPTIONS`; the others pass straight to the router with the `Vary`
+/// header the CORS layer would have added. tower-http's layer builds a
+/// header map for every response: ~4 µs of CPU per request (BENCHMARKS.md,
+/// issue 15). Its configuration is shared, so the service clones cheaply
+/// (once per request).
 #[derive(Clone)]
-struct ForBrowsers(CorsLayer);
-
-impl<S: Clone> tower::Layer<S> for ForBrowsers {
-    type Service = CorsForBrowsers<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CorsForBrowsers {
-            cors: self.0.layer(inner.clone()),
-            plain: inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct CorsForBrowsers<S> {
-    cors: tower_http::cors::Cors<S>,
-    plain: S,
+pub struct CorsForBrowsers<S> {
+    cors: std::sync::Arc<CorsLayer>,
+    inner: S,
 }
 
 /// What `CorsLayer` says in `Vary` for an origin predicate and preflights.
@@ -151,23 +142,33 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        // Both wrap clones of one route, which is always ready.
-        std::task::ready!(self.plain.poll_ready(cx))?;
-        self.cors.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
         use futures_util::TryFutureExt;
+        use tower::Layer;
         // tower-http answers every OPTIONS itself, as a preflight.
-        if req.headers().contains_key(header::ORIGIN) || req.method() == Method::OPTIONS {
-            return futures_util::future::Either::Left(self.cors.call(req));
+        let browser = req.headers().contains_key(header::ORIGIN) || req.method() == Method::OPTIONS;
+        if browser && !crate::ablation::off(crate::ablation::Part::Layers) {
+            // The router is always ready, so its clone needs no `poll_ready`.
+            return futures_util::future::Either::Left(
+                self.cors.layer(self.inner.clone()).call(req),
+            );
         }
         fn vary(mut response: Response) -> Response {
             response.headers_mut().append(header::VARY, CORS_VARY);
             response
         }
-        let vary: fn(Response) -> Response = vary;
-        futures_util::future::Either::Right(self.plain.call(req).map_ok(vary))
+        fn plain(response: Response) -> Response {
+            response
+        }
+        let finish: fn(Response) -> Response =
+            match crate::ablation::off(crate::ablation::Part::Layers) {
+                true => plain,
+                false => vary,
+            };
+        futures_util::future::Either::Right(self.inner.call(req).map_ok(finish))
     }
 }
 
@@ -263,7 +264,8 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+/// The answer to a request whose route panicked.
+pub(crate) fn panic_response() -> Response {
     tracing::error!("a request handler panicked; answered 500");
     ApiError::Internal.into_response()
 }

@@ -312,7 +312,9 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+        SocketAddr,
+    >(router);
     tokio::spawn(async move { axum::serve(listener, service).await });
     let boom = |path: &str| {
         app.http

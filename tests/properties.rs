@@ -6,7 +6,7 @@ use bytes::Bytes;
 use deepseek_proxy::auth::jwt::{unix_now, JwtKeys};
 use deepseek_proxy::client_ip::IpNet;
 use deepseek_proxy::config::{Alias, Models, Thinking};
-use deepseek_proxy::formats::json::Object;
+use deepseek_proxy::formats::json::{member, Object};
 use deepseek_proxy::formats::Format;
 use deepseek_proxy::proxy::prepare::prepare;
 use deepseek_proxy::usage::{Tap, Usage};
@@ -89,6 +89,47 @@ fn json_value() -> impl Strategy<Value = Value> {
             .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// JSON with `usage` among its keys and strings, at any depth: what an
+/// answer's top-level `usage` must be told apart from.
+fn usage_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::from),
+        "(usage|[a-z{},:\\\\\"]{0,8})".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("(usage|[a-z\"]{1,4})", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn an_answers_usage_is_its_top_level_member_however_it_is_laid_out(
+        members in prop::collection::vec(("(usage|id|a\"usage|[a-z\"\\\\]{1,4})", usage_json()), 0..6),
+        pretty in any::<bool>(),
+        space in "( |\n|)",
+    ) {
+        let mut seen = std::collections::HashSet::new();
+        let members: Vec<(String, String)> = members
+            .into_iter()
+            .filter(|(k, _)| seen.insert(k.clone()))
+            .map(|(k, v)| {
+                let key = serde_json::to_string(&k).expect("key");
+                let value = if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) };
+                (key[1..key.len() - 1].to_owned(), value.expect("value"))
+            })
+            .collect();
+        let body = raw_body(&members, &space);
+        let whole: Value = serde_json::from_str(&body).expect("valid JSON");
+        let found = member::<Value>(body.as_bytes(), "usage");
+        prop_assert_eq!(found.as_ref(), whole.get("usage"), "{}", body);
+    }
 }
 
 proptest! {

@@ -79,9 +79,7 @@ pub fn read_event(data: &[u8], partial: &mut Usage) -> Option<Usage> {
 }
 
 pub fn read_json(body: &[u8]) -> Option<Usage> {
-    let raw = serde_json::from_slice::<WithUsage>(body.trim_ascii())
-        .ok()?
-        .usage?;
+    let raw = super::json::member::<RawUsage>(body, "usage")?;
     let mut usage = Usage::default();
     raw.input_into(&mut usage);
     usage.completion_tokens = raw.output_tokens?;

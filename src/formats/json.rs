@@ -231,9 +231,148 @@ pub fn top_level(body: &[u8]) -> Option<&str> {
     Some(trimmed)
 }
 
+/// The top-level member `key` of the JSON object `body`, read as a `T`.
+///
+/// An answer's `usage` is among its last members, so it is looked for from
+/// the end: the last few `"key"`s in the text are tried, and one is taken
+/// only where it is a member's key and what follows its value is the rest of
+/// the top-level object (more members, then the brace that ends the body).
+/// That reads the usage and what comes after it, whatever the answer's
+/// length, where parsing the whole answer cost ~18 instructions per byte
+/// (BENCHMARKS.md). Where no `"key"` qualifies (or its value is not a `T`),
+/// the whole body is parsed. The text before the member is not checked: a
+/// body that is broken there but ends like an object still yields it.
+pub fn member<'a, T: serde::Deserialize<'a>>(body: &'a [u8], key: &str) -> Option<T> {
+    let body = body.trim_ascii();
+    if body.is_empty() {
+        return None;
+    }
+    if let Some(value) = trailing_member(body, key) {
+        return Some(value);
+    }
+    serde_json::from_str(Object::parse(body).ok()?.get(key)?.get()).ok()
+}
+
+/// How many `"key"`s from the end [`member`] tries before parsing it all.
+const TRAILING_TRIES: usize = 4;
+
+fn trailing_member<'a, T: serde::Deserialize<'a>>(body: &'a [u8], key: &str) -> Option<T> {
+    let key = key.as_bytes();
+    let candidates = memchr::memmem::rfind_iter(body, key)
+        .filter(|&at| {
+            // A key is quoted as is (an escaped quote would be `\"`).
+            at > 0 && body[at - 1] == b'"' && body.get(at + key.len()) == Some(&b'"')
+        })
+        .take(TRAILING_TRIES);
+    for at in candidates {
+        let before = body[..at - 1].trim_ascii_end();
+        if !matches!(before.last(), Some(b'{' | b',')) {
+            continue; // a string value, or the end of an escaped quote
+        }
+        let Some(after) = body[at + key.len() + 1..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+        else {
+            continue;
+        };
+        let Some((value, rest)) = next_value::<T>(after) else {
+            continue;
+        };
+        if ends_the_object(rest) {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The JSON value at the start of `text` (after any whitespace), and the
+/// text after it.
+fn next_value<'a, T: serde::Deserialize<'a>>(text: &'a [u8]) -> Option<(T, &'a [u8])> {
+    let mut values = serde_json::Deserializer::from_slice(text).into_iter::<T>();
+    let value = values.next()?.ok()?;
+    Some((value, &text[values.byte_offset()..]))
+}
+
+/// Whether `text`, which follows a member's value, is the rest of the
+/// top-level object: members, then its closing brace, then nothing. (The
+/// brace that ends the text closes the outermost object, so a member it
+/// closes is a top-level one.)
+fn ends_the_object(mut text: &[u8]) -> bool {
+    loop {
+        text = text.trim_ascii_start();
+        match text.split_first() {
+            Some((b'}', rest)) => return rest.trim_ascii_start().is_empty(),
+            Some((b',', rest)) => {
+                let Some((key, rest)) = next_value::<&RawValue>(rest) else {
+                    return false;
+                };
+                let Some(rest) = rest.trim_ascii_start().strip_prefix(b":") else {
+                    return false;
+                };
+                if !key.get().starts_with('"') {
+                    return false;
+                }
+                let Some((_, rest)) = next_value::<serde::de::IgnoredAny>(rest) else {
+                    return false;
+                };
+                text = rest;
+            }
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answers_usage_is_read_from_its_end_without_parsing_the_rest() {
+        // DeepSeek's layout: usage last, after the generated text.
+        let answer = format!(
+            r#"{{"id":"x","choices":[{{"message":{{"content":"{}"}}}}],"usage":{{"prompt_tokens":5}}}}"#,
+            "a".repeat(10_000)
+        );
+        let usage: &RawValue =
+            trailing_member(answer.as_bytes(), "usage").expect("found from the end");
+        assert_eq!(usage.get(), r#"{"prompt_tokens":5}"#);
+        // A member after it, and a broken start the fast path never reads.
+        let after = br#"{"choices":[{"usage":1 ,"usage" : {"n":1} , "fp": "x" }"#;
+        assert_eq!(
+            trailing_member::<&RawValue>(after, "usage").map(RawValue::get),
+            Some(r#"{"n":1}"#)
+        );
+        assert!(Object::parse(after).is_err());
+    }
+
+    #[test]
+    fn a_nested_or_quoted_usage_is_not_the_answers() {
+        // Nested after the top-level one: tried, refused, then the next.
+        let nested = br#"{"usage":{"a":1},"x":{"usage":{"b":2}}}"#;
+        assert_eq!(
+            member::<&RawValue>(nested, "usage").map(RawValue::get),
+            Some(r#"{"a":1}"#)
+        );
+        // Only nested: none.
+        assert!(member::<&RawValue>(br#"{"x":{"usage":{"b":2}}}"#, "usage").is_none());
+        assert!(member::<&RawValue>(br#"[{"usage":{"b":2}}]"#, "usage").is_none());
+        // In a string, as a value, or at the end of an escaped key.
+        let quoted = br#"{"text":"\"usage\": {}","t":"usage","a\"usage":{"c":3}}"#;
+        assert!(member::<&RawValue>(quoted, "usage").is_none());
+        // More decoys after it than the fast path tries: the whole body is parsed.
+        let decoys = format!(
+            r#"{{"usage":7,{}}}"#,
+            (0..6)
+                .map(|i| format!(r#""k{i}":{{"usage":{i}}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(
+            member::<&RawValue>(decoys.as_bytes(), "usage").map(RawValue::get),
+            Some("7")
+        );
+        assert!(trailing_member::<&RawValue>(decoys.as_bytes(), "usage").is_none());
+    }
 
     #[test]
     fn members_keep_their_exact_text() {
