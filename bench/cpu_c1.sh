@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# CPU per request at concurrency 1 (BENCHMARKS.md, issue 15): the fake, the
+# bare proxy and a gateway (production defaults: access log at info, SQLite
+# ledger with its journal, metrics, quotas) run at once, and
+#   bench/cpu_c1.sh [ROUNDS] [GATEWAY_BIN]
+# runs `wrk -t1 -c1 -d4s --latency` on the gateway and on the bare proxy in
+# turn, ROUNDS times (default 3), printing each one's p50 and its CPU
+# (utime + stime of all its threads) per request, and the fake's. Where the
+# CPU per request is about the whole latency, the time goes to idling and
+# waking, not to work. Needs wrk and python3.
+set -euo pipefail
+ROUNDS=${1:-3}
+GW=$(realpath "${2:-target/release/deepseek_proxy}")
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "cpu_c1.sh: needs wrk (apt-get install wrk)" >&2; exit 2; }
+cargo build --release --quiet -p fake_deepseek -p bench
+W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
+. bench/lib.sh
+FAKE=$(free_port); P=$(free_port)
+target/release/fake_deepseek --addr "127.0.0.1:$FAKE" --key "$BENCH_KEY" >/dev/null 2>&1 &
+FAKE_PID=$!
+target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare.out 2>&1 &
+BARE_PID=$!
+gateway_toml $W $P $FAKE 1
+RUST_LOG=info $GW --config $W/gw.toml >/dev/null 2>$W/log &
+GW_PID=$!
+wait_healthy $P
+BARE=$(awk '/listening on/ {print $3}' $W/bare.out)
+chat_lua $W/gw.lua "http://127.0.0.1:$P" 1
+chat_lua $W/bare.lua "" 0
+ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
+echo "round peer p50 cpu_us_per_request fake_cpu_us_per_request"
+for r in $(seq $ROUNDS); do
+  for peer in gateway bare; do
+    if [ $peer = gateway ]; then pid=$GW_PID; url=http://127.0.0.1:$P; lua=$W/gw.lua
+    else pid=$BARE_PID; url=$BARE; lua=$W/bare.lua; fi
+    wrk -t1 -c1 -d1s -s $lua $url >/dev/null
+    c0=$(ticks $pid); f0=$(ticks $FAKE_PID)
+    out=$(wrk -t1 -c1 -d4s --latency -s $lua $url)
+    c1=$(ticks $pid); f1=$(ticks $FAKE_PID)
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    p50=$(awk '/^ +50%/ {print $2}' <<<"$out")
+    echo "$r $peer $p50 $(( (c1 - c0) * 10000 * 1000 / n / 1000 )) $(( (f1 - f0) * 10000 * 1000 / n / 1000 ))"
+  done
+done
