@@ -33,9 +33,10 @@ pub enum Part {
     Headers,
     /// The usage tap's copy of each chunk (and so the usage it reads).
     Tap,
-    /// The tower layers between the access log and the route: CORS and the
-    /// panic catcher (`no-store` and the error dialects are the access log
-    /// layer's, since issue 15's second round).
+    /// CORS for browsers' requests (and the `Vary` header on the others).
+    /// Since issue 15's fourth round the layers wrap the whole router, the
+    /// panic catcher is the access log's (it cannot be switched off), and
+    /// `no-store` and the error dialects are the access log's too.
     Layers,
 }
 

@@ -19,6 +19,8 @@
 //! 3. the router: public routes, or the token check and then a protected
 //!    route.
 
+use std::sync::Arc;
+
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -100,8 +102,12 @@ pub type Gateway = AccessLog<CorsForBrowsers<Router>>;
 /// The layers every route sits behind. Public so tests can put a route that
 /// misbehaves (panics) behind exactly the same stack.
 pub fn with_layers(app: Router<AppState>, state: AppState) -> Gateway {
+    let cors = cors(&state);
+    // tower-http checks the settings when the layer is applied, so a bad
+    // combination fails here, at start, not on a browser's first request.
+    let _ = tower::Layer::layer(&cors, ());
     let cors = CorsForBrowsers {
-        cors: std::sync::Arc::new(cors(&state)),
+        cors: Arc::new(cors),
         inner: app.with_state(state.clone()),
     };
     tower::Layer::layer(&AccessLogLayer(state), cors)
@@ -116,7 +122,7 @@ pub fn with_layers(app: Router<AppState>, state: AppState) -> Gateway {
 /// (once per request).
 #[derive(Clone)]
 pub struct CorsForBrowsers<S> {
-    cors: std::sync::Arc<CorsLayer>,
+    cors: Arc<CorsLayer>,
     inner: S,
 }
 
@@ -164,9 +170,10 @@ where
             response
         }
         let finish: fn(Response) -> Response =
-            match crate::ablation::off(crate::ablation::Part::Layers) {
-                true => plain,
-                false => vary,
+            if crate::ablation::off(crate::ablation::Part::Layers) {
+                plain
+            } else {
+                vary
             };
         futures_util::future::Either::Right(self.inner.call(req).map_ok(finish))
     }

@@ -79,7 +79,7 @@ pub fn read_event(data: &[u8], partial: &mut Usage) -> Option<Usage> {
 }
 
 pub fn read_json(body: &[u8]) -> Option<Usage> {
-    let raw = super::json::member::<RawUsage>(body, "usage")?;
+    let raw = super::json::usage::<RawUsage>(body)?;
     let mut usage = Usage::default();
     raw.input_into(&mut usage);
     usage.completion_tokens = raw.output_tokens?;

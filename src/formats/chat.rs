@@ -74,7 +74,7 @@ pub fn read_event(data: &[u8]) -> Option<Usage> {
 }
 
 pub fn read_json(body: &[u8]) -> Option<Usage> {
-    super::json::member::<RawUsage>(body, "usage").map(Usage::from)
+    super::json::usage::<RawUsage>(body).map(Usage::from)
 }
 
 pub fn stream_error_event(code: &str, message: &str) -> Vec<u8> {

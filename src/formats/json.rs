@@ -231,29 +231,38 @@ pub fn top_level(body: &[u8]) -> Option<&str> {
     Some(trimmed)
 }
 
-/// The top-level member `key` of the JSON object `body`, read as a `T`.
+/// The top-level `usage` member of the JSON answer `body`, read as a `T`.
 ///
 /// An answer's `usage` is among its last members, so it is looked for from
-/// the end: the last few `"key"`s in the text are tried, and one is taken
-/// only where it is a member's key and what follows its value is the rest of
-/// the top-level object (more members, then the brace that ends the body).
-/// That reads the usage and what comes after it, whatever the answer's
-/// length, where parsing the whole answer cost ~18 instructions per byte
-/// (BENCHMARKS.md). Where no `"key"` qualifies (or its value is not a `T`),
-/// the whole body is parsed. The text before the member is not checked: a
-/// body that is broken there but ends like an object still yields it.
-pub fn member<'a, T: serde::Deserialize<'a>>(body: &'a [u8], key: &str) -> Option<T> {
+/// the end: the last few `"usage"`s in the text are tried, and one is taken
+/// only where it is a member's key, its value is a `T`, and what follows the
+/// value is the rest of the top-level object (more members, then the brace
+/// that ends the body). That reads the usage and what comes after it,
+/// whatever the answer's length, where parsing the whole answer cost ~18
+/// instructions per byte (BENCHMARKS.md). Where none qualifies, the whole
+/// body is parsed as before. Where they differ, on bodies DeepSeek does
+/// not send: a body that is not an object yields nothing (the full parse
+/// read an array as the usage's fields); the text before the member is not
+/// checked (a body broken there but ending like an object still yields its
+/// usage); and of two `usage` members the last is taken (the full parse
+/// refuses the body).
+pub fn usage<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
+    #[derive(serde::Deserialize)]
+    struct WithUsage<T> {
+        usage: Option<T>,
+    }
     let body = body.trim_ascii();
-    if body.is_empty() {
+    // An object only: serde would read an array as the struct's fields.
+    if body.first() != Some(&b'{') {
         return None;
     }
-    if let Some(value) = trailing_member(body, key) {
+    if let Some(value) = trailing_member(body, "usage") {
         return Some(value);
     }
-    serde_json::from_str(Object::parse(body).ok()?.get(key)?.get()).ok()
+    serde_json::from_slice::<WithUsage<T>>(body).ok()?.usage
 }
 
-/// How many `"key"`s from the end [`member`] tries before parsing it all.
+/// How many `"key"`s from the end [`usage`] tries before parsing it all.
 const TRAILING_TRIES: usize = 4;
 
 fn trailing_member<'a, T: serde::Deserialize<'a>>(body: &'a [u8], key: &str) -> Option<T> {
@@ -350,15 +359,15 @@ mod tests {
         // Nested after the top-level one: tried, refused, then the next.
         let nested = br#"{"usage":{"a":1},"x":{"usage":{"b":2}}}"#;
         assert_eq!(
-            member::<&RawValue>(nested, "usage").map(RawValue::get),
+            usage::<&RawValue>(nested).map(RawValue::get),
             Some(r#"{"a":1}"#)
         );
         // Only nested: none.
-        assert!(member::<&RawValue>(br#"{"x":{"usage":{"b":2}}}"#, "usage").is_none());
-        assert!(member::<&RawValue>(br#"[{"usage":{"b":2}}]"#, "usage").is_none());
+        assert!(usage::<&RawValue>(br#"{"x":{"usage":{"b":2}}}"#).is_none());
+        assert!(usage::<&RawValue>(br#"[{"usage":{"b":2}}]"#).is_none());
         // In a string, as a value, or at the end of an escaped key.
         let quoted = br#"{"text":"\"usage\": {}","t":"usage","a\"usage":{"c":3}}"#;
-        assert!(member::<&RawValue>(quoted, "usage").is_none());
+        assert!(usage::<&RawValue>(quoted).is_none());
         // More decoys after it than the fast path tries: the whole body is parsed.
         let decoys = format!(
             r#"{{"usage":7,{}}}"#,
@@ -368,7 +377,7 @@ mod tests {
                 .join(",")
         );
         assert_eq!(
-            member::<&RawValue>(decoys.as_bytes(), "usage").map(RawValue::get),
+            usage::<&RawValue>(decoys.as_bytes()).map(RawValue::get),
             Some("7")
         );
         assert!(trailing_member::<&RawValue>(decoys.as_bytes(), "usage").is_none());

@@ -75,7 +75,7 @@ pub fn read_event(data: &[u8]) -> Option<Usage> {
 }
 
 pub fn read_json(body: &[u8]) -> Option<Usage> {
-    super::json::member::<RawUsage>(body, "usage").map(Usage::from)
+    super::json::usage::<RawUsage>(body).map(Usage::from)
 }
 
 /// The `sequence_number` of one event, to number the gateway's own error

@@ -176,7 +176,7 @@ impl Journal {
 pub fn line(row: &UsageRecord) -> Vec<u8> {
     // A row's line is about 350 bytes: sized once, not grown from
     // `serde_json::to_vec`'s 128 bytes.
-    let mut line = Vec::with_capacity(LINE_CAPACITY);
+    let mut line = Vec::with_capacity(LINE_CAPACITY_BYTES);
     if serde_json::to_writer(&mut line, &Fields(row)).is_err() {
         line.clear();
     }
@@ -184,7 +184,7 @@ pub fn line(row: &UsageRecord) -> Vec<u8> {
     line
 }
 
-const LINE_CAPACITY: usize = 512;
+const LINE_CAPACITY_BYTES: usize = 512;
 
 /// A row serialised as the array of its fields.
 struct Fields<'a>(&'a UsageRecord);
@@ -325,12 +325,16 @@ mod tests {
             currency: Some("CNY".into()),
         };
         let text = line(&row);
-        assert!(
-            text.starts_with(b"[\"r\",1,\"u\""),
-            "{}",
-            String::from_utf8_lossy(&text)
-        );
         assert_eq!(serde_json::from_slice::<UsageRecord>(&text).unwrap(), row);
+        // The exact line, as this version writes it: journals left by it
+        // must replay in later ones (fields are added at the end only).
+        let golden = concat!(
+            r#"["r",1,"u","t","k","up",2,"chat","chat","m","rm",true,200,201,"e","#,
+            r#"3,4,5,6,7,8,9.5,10.5,11,12,"127.0.0.1","completed",true,13,14,true,"CNY"]"#,
+            "\n"
+        );
+        assert_eq!(String::from_utf8_lossy(&text), golden);
+        assert_eq!(serde_json::from_str::<UsageRecord>(golden).unwrap(), row);
         // What an earlier version wrote: the row as an object.
         let object = serde_json::to_vec(&row).unwrap();
         assert_eq!(serde_json::from_slice::<UsageRecord>(&object).unwrap(), row);

@@ -40,6 +40,10 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One upstream-bound request.
+///
+/// The crash journal writes a row as the array of its fields in this order
+/// ([`journal::line`]), and replays arrays by position: add a field at the
+/// end, with `#[serde(default)]`, and never reorder them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRecord {
     pub request_id: String,
