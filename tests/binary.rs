@@ -991,6 +991,15 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
         .await
         .expect("forged");
     let _ = forged.bytes().await;
+    // A HEAD's body is emptied by the router: the request still completed.
+    let head = proxy
+        .http
+        .head(proxy.url("/healthz"))
+        .header("x-request-id", "log-check-head")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lines = proxy.stop().await;
     let line_of = |id: &str| -> String {
@@ -1031,6 +1040,11 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
     let abandoned = line_of("log-check-abandoned");
     assert!(abandoned.contains("client_aborted"), "{abandoned}");
     assert!(abandoned.contains("user=admin"), "{abandoned}");
+    let head = line_of("log-check-head");
+    assert!(
+        head.contains("method=HEAD") && head.contains("outcome=completed"),
+        "{head}"
+    );
     let forged = line_of("log-check-forged");
     assert!(
         forged.contains("model=evil?2026-01-01T00:00:00Z??INFO?request?forged=yes?[2J?x "),
