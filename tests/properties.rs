@@ -128,7 +128,8 @@ proptest! {
         let body = raw_body(&members, &space);
         let whole: Value = serde_json::from_str(&body).expect("valid JSON");
         let found = usage::<Value>(body.as_bytes());
-        prop_assert_eq!(found.as_ref(), whole.get("usage"), "{}", body);
+        // `"usage": null` is no usage.
+        prop_assert_eq!(found.as_ref(), whole.get("usage").filter(|v| !v.is_null()), "{}", body);
         // As the formats read it: a struct that many values are not (the
         // fast path then gives way to the full parse), against that parse.
         #[derive(serde::Deserialize, Debug, PartialEq)]

@@ -256,8 +256,9 @@ pub fn usage<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
     if body.first() != Some(&b'{') {
         return None;
     }
-    if let Some(value) = trailing_member(body, "usage") {
-        return Some(value);
+    // `Option`, as in the full parse: `"usage": null` is no usage.
+    if let Some(value) = trailing_member::<Option<T>>(body, "usage") {
+        return value;
     }
     serde_json::from_slice::<WithUsage<T>>(body).ok()?.usage
 }
@@ -381,6 +382,10 @@ mod tests {
             Some("7")
         );
         assert!(trailing_member::<&RawValue>(decoys.as_bytes(), "usage").is_none());
+        // A null usage is none, found from the end or by the full parse.
+        let null = br#"{"usage":null,"a":["usage"],"b":[["usage","usage"]],"c":"usage"}"#;
+        assert!(usage::<serde_json::Value>(null).is_none());
+        assert!(usage::<serde_json::Value>(br#"{"usage":null}"#).is_none());
     }
 
     #[test]
