@@ -10,6 +10,8 @@
 #   bench/instructions.sh GATEWAY_BIN [LABEL] [PROFILE_OUT]
 #
 # PROFILE_OUT keeps the callgrind file (`callgrind_annotate --inclusive=yes`).
+# BENCH_STATE=redis puts the gateway's state in the Redis at
+# 127.0.0.1:6379 (a key prefix of its own) instead of memory.
 # Needs valgrind, wrk and python3.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bench/instructions.sh GATEWAY_BIN [LABEL] [PROFILE_OUT]" >&2; exit 2; }
@@ -24,6 +26,9 @@ W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 FAKE=$(free_port); P=$(free_port)
 target/release/fake_deepseek --addr "127.0.0.1:$FAKE" --key "$BENCH_KEY" >/dev/null 2>&1 &
 gateway_toml $W $P $FAKE 1
+if [ "${BENCH_STATE:-memory}" = redis ]; then
+  printf '[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379"\nkey_prefix = "instr%s:"\n' $$ >> $W/gw.toml
+fi
 RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file=$W/cg.out $BIN --config $W/gw.toml >/dev/null 2>$W/log &
 VG=$!
 wait_healthy $P 120   # valgrind starts slowly

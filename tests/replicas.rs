@@ -382,3 +382,96 @@ async fn after_a_thousand_mixed_requests_no_lease_is_left_behind() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The slot lease and the quota's running entry expire after the lease TTL
+/// unless renewed: a stream three times as long keeps both, at every check
+/// (the other replica refuses the token, and the running entry's expiry
+/// stays ahead of the clock), and gives both back when it ends.
+#[tokio::test]
+async fn a_stream_longer_than_the_lease_ttl_keeps_its_slot_and_running_entry() {
+    let Some(redis) = TestRedis::start().await else {
+        return;
+    };
+    let secret = shared_secret();
+    let with_quota = |redis: &TestRedis| {
+        let (state, secret) = (redis.state_toml(LEASE_TTL_SECS), secret.clone());
+        spawn_app_with(move |s| {
+            s.state = state;
+            s.jwt_secret = Some(secret);
+            s.quotas = "max_concurrent = 4\n".into();
+        })
+    };
+    let (a, b) = (with_quota(&redis).await, with_quota(&redis).await);
+    let token = a.token(ADMIN).await;
+    let chunks = (LEASE_TTL_SECS * 3 * 1000 / 100) as usize;
+    // One word a chunk: the fake spreads the reply's words over them.
+    let reply = vec!["word"; chunks].join(" ");
+    let long = chat_body_with(
+        true,
+        json!({"chunks": chunks, "chunk_delay_ms": 100, "reply": reply}),
+    );
+    let response = a
+        .http
+        .post(a.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&long)
+        .send()
+        .await
+        .expect("a long stream");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let streaming = tokio::spawn(async move {
+        let mut frames = 0;
+        while let Some(chunk) = body.next().await {
+            chunk.expect("the stream runs to its end");
+            frames += 1;
+        }
+        frames
+    });
+    let mut conn = redis.connection().await.expect("redis");
+    let running_key = format!("{}quota:running:admin", redis.prefix);
+    let started = Instant::now();
+    let mut checks = 0;
+    while started.elapsed() < Duration::from_secs(LEASE_TTL_SECS * 2 + 1) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            b.chat(&token, &chat_body(false)).await.status(),
+            429,
+            "the lease is held after {:?} (stream finished: {})",
+            started.elapsed(),
+            streaming.is_finished()
+        );
+        let expiries: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(&running_key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .expect("zrange");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        assert_eq!(expiries.len(), 1, "one running entry: {expiries:?}");
+        assert!(
+            expiries[0].1 > now_ms,
+            "the running entry is renewed ahead of the clock after {:?}",
+            started.elapsed()
+        );
+        checks += 1;
+    }
+    assert!(checks >= 8, "{checks} checks");
+    assert!(streaming.await.expect("the reader") > chunks / 2);
+    assert!(no_slot_keys_within(&redis, Duration::from_secs(2))
+        .await
+        .is_empty());
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&running_key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert!(left.is_empty(), "the running entry is settled: {left:?}");
+}

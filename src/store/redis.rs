@@ -40,6 +40,9 @@ use crate::config::RedisConfig;
 use crate::limits::quota::{self, Charged, Permit, Seeds, Settle};
 use crate::usage::calendar::month_index;
 
+mod renewals;
+use renewals::{Kind, Renewals, Renewing};
+
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
 
@@ -191,7 +194,19 @@ pub struct RedisStore {
     timeout: Duration,
     settings: StoreSettings,
     scripts: std::sync::Arc<Scripts>,
+    renewals: std::sync::Arc<Renewals>,
     in_flight: InFlight,
+}
+
+/// A lease's or a permit's owner: unique across replicas (a random 64-bit
+/// number per process) and within one (a counter), with no `getrandom` call
+/// per request.
+fn new_owner() -> String {
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{process:016x}{n:016x}")
 }
 
 fn now_ms() -> u64 {
@@ -242,13 +257,21 @@ impl RedisStore {
         // connects when it comes up.
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+        let scripts = std::sync::Arc::new(Scripts::new());
+        let renewals = Renewals::new(
+            conn.clone(),
+            scripts.clone(),
+            config.timeout,
+            config.lease_ttl,
+        );
         Ok(Self {
             conn,
             prefix: config.key_prefix.clone(),
             lease_ttl: config.lease_ttl,
             timeout: config.timeout,
             settings,
-            scripts: std::sync::Arc::new(Scripts::new()),
+            scripts,
+            renewals,
             in_flight: InFlight::default(),
         })
     }
@@ -328,7 +351,7 @@ async fn bounded<T: redis::FromRedisValue>(
 
 /// A Redis lease: renewed in the background until released.
 struct RedisLease {
-    renewal: tokio::task::JoinHandle<()>,
+    renewing: Renewing,
     conn: ConnectionManager,
     scripts: std::sync::Arc<Scripts>,
     timeout: Duration,
@@ -339,13 +362,19 @@ struct RedisLease {
 impl Release for RedisLease {
     /// Stops the renewal and deletes the key if it is still ours.
     fn release(self: Box<Self>) -> Option<BoxFuture<'static, ()>> {
-        self.renewal.abort();
+        let Self {
+            renewing,
+            conn,
+            scripts,
+            timeout,
+            slot,
+            owner,
+        } = *self;
+        drop(renewing);
         Some(
             async move {
-                let (keys, args) = ([self.slot.as_str()], [self.owner.as_str()]);
-                let release = &self.scripts.release;
-                let released =
-                    bounded::<i64>(self.timeout, self.conn.clone(), release, &keys, &args);
+                let (keys, args) = ([slot.as_str()], [owner.as_str()]);
+                let released = bounded::<i64>(timeout, conn, &scripts.release, &keys, &args);
                 if let Err(e) = released.await {
                     tracing::warn!(error = %e, "lease release failed; it expires by its TTL");
                 }
@@ -357,56 +386,14 @@ impl Release for RedisLease {
 
 impl RedisStore {
     fn lease(&self, slot: String, owner: String) -> RedisLease {
-        let ttl_ms = self.lease_ttl.as_millis().to_string();
-        let renew = self.keep_alive(
-            |s| &s.renew,
-            slot.clone(),
-            owner.clone(),
-            move |owner| vec![owner.to_owned(), ttl_ms.clone()],
-        );
         RedisLease {
-            renewal: renew,
+            renewing: self.renewals.register(Kind::Lease, &slot, &owner),
             conn: self.conn.clone(),
             scripts: self.scripts.clone(),
             timeout: self.timeout,
             slot,
             owner,
         }
-    }
-
-    /// Renews `owner`'s entry at `key` every ttl/3 with `script`, called with
-    /// the arguments `args` makes each time (so they may read the clock),
-    /// until the script says the entry is gone or the task is aborted.
-    fn keep_alive(
-        &self,
-        script: fn(&Scripts) -> &Script,
-        key: String,
-        owner: String,
-        args: impl Fn(&str) -> Vec<String> + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        let every = self.lease_ttl / 3;
-        let (conn, scripts, timeout) = (self.conn.clone(), self.scripts.clone(), self.timeout);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tick.tick().await;
-                let args = args(&owner);
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                match bounded::<i64>(timeout, conn.clone(), script(&scripts), &[&key], &args).await
-                {
-                    Ok(1) => {}
-                    Ok(_) => {
-                        tracing::warn!(
-                            "a lease expired before it could be renewed; the request runs on"
-                        );
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lease renewal failed; the request runs on")
-                    }
-                }
-            }
-        })
     }
 
     /// The quota keys of `user`: its admissions in the last minute, its
@@ -446,7 +433,8 @@ impl RedisStore {
 /// TTL. (Its token reservation then stays counted until the day ends: the
 /// error is on the side of not overspending.)
 struct RedisPermit {
-    renewal: Option<tokio::task::JoinHandle<()>>,
+    /// Its running entry's renewal, if it holds one (`max_concurrent`).
+    running: Option<Renewing>,
     conn: ConnectionManager,
     scripts: std::sync::Arc<Scripts>,
     timeout: Duration,
@@ -459,16 +447,18 @@ struct RedisPermit {
 
 impl Settle for RedisPermit {
     fn settle(self: Box<Self>, charged: Charged) -> Option<BoxFuture<'static, ()>> {
-        if let Some(renewal) = &self.renewal {
-            renewal.abort();
-        }
-        if self.renewal.is_none() && self.reserved.iter().all(Option::is_none) {
+        let held_running = self.running.is_some();
+        if !held_running && self.reserved.iter().all(Option::is_none) {
             return None; // a requests-per-minute entry only: it expires by itself
         }
+        let this = Self {
+            running: None, // renewals stop here
+            ..*self
+        };
         Some(
             async move {
                 let charges = [charged.tokens, charged.micros, charged.micros];
-                let deltas: Vec<String> = self
+                let deltas: Vec<String> = this
                     .reserved
                     .iter()
                     .zip(charges)
@@ -478,18 +468,18 @@ impl Settle for RedisPermit {
                         })
                     })
                     .collect();
-                let running = if self.renewal.is_some() { "1" } else { "0" };
-                let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+                let running = if held_running { "1" } else { "0" };
+                let keys: Vec<&str> = this.keys.iter().map(String::as_str).collect();
                 let args = [
-                    self.owner.as_str(),
+                    this.owner.as_str(),
                     &deltas[0],
                     &deltas[1],
                     &deltas[2],
                     running,
                 ];
-                let settle = &self.scripts.settle;
+                let settle = &this.scripts.settle;
                 if let Err(e) =
-                    bounded::<i64>(self.timeout, self.conn.clone(), settle, &keys, &args).await
+                    bounded::<i64>(this.timeout, this.conn.clone(), settle, &keys, &args).await
                 {
                     tracing::warn!(error = %e, "settling a quota failed; its running entry \
                         expires by the lease TTL");
@@ -540,7 +530,7 @@ impl Store for RedisStore {
         async move {
             let revoked = self.key("revoked", format_args!("{token_id:032x}"));
             let slot = self.key("slot", format_args!("{token_id:032x}"));
-            let owner = uuid::Uuid::new_v4().simple().to_string();
+            let owner = new_owner();
             let ttl_ms = self.lease_ttl.as_millis().to_string();
             let acquired = self
                 .run::<i64>(
@@ -686,7 +676,7 @@ impl Store for RedisStore {
                 None => self.key("quota:keyspend", "-"),
             };
             let keys = [rpm, running, tokens, spend, key_spend];
-            let owner = uuid::Uuid::new_v4().simple().to_string();
+            let owner = new_owner();
             let running_ttl = self.lease_ttl.as_millis() as u64;
             let to_day_end = quota::until_next_day_ms(now_ms);
             let to_month_end = quota::until_next_month_ms(now_ms);
@@ -735,16 +725,10 @@ impl Store for RedisStore {
                 }));
             }
             let [_, running, tokens, spend, key_spend] = keys;
-            let renewal = (limits.max_concurrent > 0).then(|| {
-                let ttl = running_ttl;
-                let args = move |owner: &str| {
-                    let expiry = self::now_ms() + ttl;
-                    vec![owner.to_owned(), expiry.to_string(), ttl.to_string()]
-                };
-                self.keep_alive(|s| &s.renew_running, running.clone(), owner.clone(), args)
-            });
+            let running_renewal = (limits.max_concurrent > 0)
+                .then(|| self.renewals.register(Kind::Running, &running, &owner));
             Ok(Admission::Granted(Permit::new(RedisPermit {
-                renewal,
+                running: running_renewal,
                 conn: self.conn.clone(),
                 scripts: self.scripts.clone(),
                 timeout: self.timeout,
