@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::access_log::{AccessLog, AccessLogLayer, X_REQUEST_ID};
-use crate::auth::{login, logout, require_token, require_token_and_slot};
+use crate::auth::{login, logout, require_token, require_token_not_busy};
 use crate::error::{ApiError, ErrorCode, ErrorMessage};
 use crate::formats::{anthropic, responses};
 use crate::state::AppState;
@@ -37,7 +37,8 @@ use crate::users::api as users;
 use crate::{admin, proxy};
 
 pub fn router(state: AppState) -> Gateway {
-    // Completions take the token's slot in the same step as the token check.
+    // Completions: a token that is busy here is refused with the token
+    // check, before its body is read; the slot is taken with the quotas.
     let with_slot = Router::new()
         .route("/chat/completions", post(proxy::chat))
         .route("/v1/chat/completions", post(proxy::chat))
@@ -48,7 +49,7 @@ pub fn router(state: AppState) -> Gateway {
         .route("/v1/tools/fetch", post(proxy::tool_fetch))
         .route("/beta/chat/completions", post(proxy::beta_chat))
         .route("/beta/completions", post(proxy::beta_completions))
-        .route_layer(from_fn_with_state(state.clone(), require_token_and_slot));
+        .route_layer(from_fn_with_state(state.clone(), require_token_not_busy));
     let auth_required = from_fn_with_state(state.clone(), require_token);
     let protected = Router::new()
         .route("/models", get(proxy::models))

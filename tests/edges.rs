@@ -12,7 +12,7 @@ use axum::Router;
 use common::{chat_body, chat_body_with, error_code, spawn_app, spawn_app_with, TestApp};
 use common::{ADMIN, USER1};
 use deepseek_proxy::state::AppState;
-use deepseek_proxy::store::Acquired;
+use deepseek_proxy::store::Entry;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -266,8 +266,8 @@ async fn at_max_connections_a_new_connection_waits_until_one_closes() {
 }
 
 async fn boom(State(state): State<AppState>) -> &'static str {
-    let _slot = match state.store.acquire(7).await {
-        Ok(Acquired::Granted(lease)) => lease,
+    let _slot = match state.store.enter(7, &[7], None).await {
+        Ok(Entry::Granted { lease, .. }) => lease,
         _ => panic!("slot 7 should be free"),
     };
     panic!("secret panic detail 5f3a");
@@ -334,9 +334,9 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
         assert_eq!(body["error"]["type"], "server_error");
         assert!(body["error"]["message"].is_string());
         assert_eq!(state.store.in_flight(), 0);
-        let again = state.store.acquire(7).await.expect("memory store answers");
+        let again = state.store.enter(7, &[7], None).await;
         assert!(
-            matches!(again, Acquired::Granted(_)),
+            matches!(again, Ok(Entry::Granted { lease: Some(_), .. })),
             "slot 7 is free again"
         );
     }

@@ -13,7 +13,7 @@ use common::{runtime, store_settings};
 use deepseek_proxy::config::RedisConfig;
 use deepseek_proxy::store::memory::MemoryStore;
 use deepseek_proxy::store::redis::RedisStore;
-use deepseek_proxy::store::{Acquired, Lease, Store};
+use deepseek_proxy::store::{Entry, Lease, Store};
 use proptest::prelude::*;
 use secrecy::SecretString;
 
@@ -122,13 +122,19 @@ async fn run(harness: Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Acquire(t) => {
-                let got = match harness.store.acquire(t).await.expect("store answers") {
-                    Acquired::Granted(lease) => {
+                let entry = harness.store.enter(t, &[t], None).await;
+                let got = match entry.expect("store answers") {
+                    Entry::Granted {
+                        lease: Some(lease),
+                        permit: None,
+                    } => {
                         leases.insert(t, lease);
                         "granted"
                     }
-                    Acquired::Busy => "busy",
-                    Acquired::Revoked => "revoked",
+                    Entry::Granted { .. } => "granted without a lease, or with a permit",
+                    Entry::Busy => "busy",
+                    Entry::Revoked => "revoked",
+                    Entry::Refused(_) => "refused with no quota asked",
                 };
                 prop_assert_eq!(got, model.acquire(t), "acquire {}", t);
             }
@@ -177,6 +183,16 @@ async fn run(harness: Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         for t in 0..TOKENS {
+            // This process's own note of its slots (the early 429) agrees,
+            // once a background release has landed.
+            let ours = model.ours.contains(&t);
+            for _ in 0..100 {
+                if harness.store.busy_here(&[t]) == ours {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            prop_assert_eq!(harness.store.busy_here(&[t]), ours, "busy here {}", t);
             if model.stolen.contains(&t) {
                 let value = harness.key_value(t).await;
                 prop_assert_eq!(value.as_deref(), Some("another-replica"));
@@ -206,13 +222,7 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let Some(redis) = TestRedis::start().await else { return Ok(()) };
-            let config = RedisConfig {
-                url: SecretString::from(redis.url.clone()),
-                key_prefix: redis.prefix.clone(),
-                lease_ttl: Duration::from_secs(15),
-                timeout: Duration::from_millis(500),
-            };
-            let store: Arc<dyn Store> = Arc::new(RedisStore::new(&config, store_settings()).expect("store"));
+            let store = redis_store(&redis);
             let prefix = redis.prefix.clone();
             run(Harness { store, redis: Some((redis, prefix)) }, ops).await
         })?;
@@ -226,4 +236,109 @@ proptest! {
             run(Harness { store, redis: None }, ops).await
         })?;
     }
+}
+
+fn redis_store(redis: &TestRedis) -> Arc<dyn Store> {
+    let config = RedisConfig {
+        url: SecretString::from(redis.url.clone()),
+        key_prefix: redis.prefix.clone(),
+        lease_ttl: Duration::from_secs(15),
+        timeout: Duration::from_millis(500),
+    };
+    Arc::new(RedisStore::new(&config, store_settings()).expect("store"))
+}
+
+/// A key with three slots, and a quota that refuses: the slot and the
+/// quotas are one step, so a refused request holds nothing.
+async fn slots_and_quotas_enter_together(store: Arc<dyn Store>) {
+    use deepseek_proxy::limits::quota::{Kind, Limits};
+    use deepseek_proxy::store::Ask;
+    let ask = |now_ms| Ask {
+        user: "carol",
+        limits: Limits {
+            requests_per_minute: 2,
+            ..Limits::default()
+        },
+        reserve: 0,
+        key: None,
+        reserve_micros: 0,
+        currency: "CNY",
+        now_ms,
+    };
+    let now = deepseek_proxy::usage::calendar::now_ms();
+    let slots = [100, 101, 102];
+    let mut held = Vec::new();
+    for i in 0..3u64 {
+        let quota = (i < 2).then(|| ask(now));
+        match store.enter(100, &slots, quota).await.expect("answers") {
+            Entry::Granted {
+                lease: Some(lease),
+                permit,
+            } => {
+                assert_eq!(permit.is_some(), i < 2);
+                held.push((lease, permit));
+            }
+            _ => panic!("entry {i} of 3 is granted"),
+        }
+        assert_eq!(store.busy_here(&slots), i == 2, "after entry {i}");
+    }
+    assert!(matches!(
+        store.enter(100, &slots, None).await.expect("answers"),
+        Entry::Busy
+    ));
+    let (lease, permit) = held.pop().expect("three");
+    lease.release().await;
+    drop(permit);
+    assert!(!store.busy_here(&slots));
+    // The third request in the minute: refused, and the free slot stays free.
+    match store
+        .enter(100, &slots, Some(ask(now)))
+        .await
+        .expect("answers")
+    {
+        Entry::Refused(refusal) => assert_eq!(refusal.kind, Kind::RequestsPerMinute),
+        _ => panic!("refused by the requests-per-minute quota"),
+    }
+    assert!(!store.busy_here(&slots));
+    assert_eq!(store.in_flight(), 2);
+    match store.enter(100, &slots, None).await.expect("answers") {
+        Entry::Granted {
+            lease: Some(lease),
+            permit: None,
+        } => held.push((lease, None)),
+        _ => panic!("the slot a refusal left free is granted"),
+    }
+    store
+        .revoke("carol", 100, deepseek_proxy::auth::jwt::unix_now() + 60)
+        .await
+        .expect("revoke");
+    for (lease, _) in held {
+        lease.release().await;
+    }
+    assert!(matches!(
+        store.enter(100, &slots, None).await.expect("answers"),
+        Entry::Revoked
+    ));
+    assert_eq!(store.in_flight(), 0);
+}
+
+#[test]
+fn a_refused_entry_holds_nothing_in_memory() {
+    runtime().block_on(slots_and_quotas_enter_together(Arc::new(MemoryStore::new(
+        store_settings(),
+    ))));
+}
+
+#[test]
+fn a_refused_entry_holds_nothing_in_redis() {
+    runtime().block_on(async {
+        let Some(redis) = TestRedis::start().await else {
+            return;
+        };
+        slots_and_quotas_enter_together(redis_store(&redis)).await;
+        assert!(
+            redis.keys("slot:*").await.is_empty(),
+            "no lease left behind"
+        );
+    });
 }

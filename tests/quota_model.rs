@@ -15,7 +15,7 @@ use deepseek_proxy::config::RedisConfig;
 use deepseek_proxy::limits::quota::{Charged, Kind, Limits, Permit, Standing, DAY_MS, MINUTE_MS};
 use deepseek_proxy::store::memory::MemoryStore;
 use deepseek_proxy::store::redis::RedisStore;
-use deepseek_proxy::store::{Admission, Ask, Store};
+use deepseek_proxy::store::{Admission, Ask, Entry, Store};
 use proptest::prelude::*;
 use secrecy::SecretString;
 
@@ -35,6 +35,9 @@ const START_MS: u64 = 20_028 * DAY_MS - 10 * MINUTE_MS;
 enum Op {
     Admit {
         reserve: u64,
+        /// Through `Store::enter` (with no slot), as completions are
+        /// admitted, instead of `Store::admit`.
+        entering: bool,
     },
     /// Settle the i-th open permit with this many tokens.
     Settle {
@@ -52,7 +55,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (0..700u64).prop_map(|reserve| Op::Admit { reserve }),
+        5 => (0..700u64, any::<bool>())
+            .prop_map(|(reserve, entering)| Op::Admit { reserve, entering }),
         3 => (0..4usize, 0..800u64).prop_map(|(index, tokens)| Op::Settle { index, tokens }),
         1 => (0..4usize).prop_map(|index| Op::Drop { index }),
         2 => prop_oneof![1..5_000u64, 10_000..70_000u64, 200_000..400_000u64]
@@ -160,7 +164,7 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut now = START_MS;
     for op in ops {
         match op {
-            Op::Admit { reserve } => {
+            Op::Admit { reserve, entering } => {
                 let ask = Ask {
                     user: "alice",
                     limits: LIMITS,
@@ -170,7 +174,20 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     currency: "CNY",
                     now_ms: now,
                 };
-                let got = store.admit(ask).await.expect("store answers");
+                let got = match entering {
+                    false => store.admit(ask).await.expect("store answers"),
+                    true => match store.enter(1, &[], Some(ask)).await.expect("answers") {
+                        Entry::Granted {
+                            lease: None,
+                            permit: Some(permit),
+                        } => Admission::Granted(permit),
+                        Entry::Refused(refusal) => Admission::Refused(refusal),
+                        _ => {
+                            prop_assert!(false, "not an admission's answer");
+                            unreachable!()
+                        }
+                    },
+                };
                 let expected = model.admit(reserve, now);
                 match (got, expected) {
                     (Admission::Granted(permit), Ok(())) => open.push(Open {

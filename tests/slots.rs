@@ -205,3 +205,34 @@ async fn many_clients_that_vanish_leave_no_slot_and_no_upstream_behind() {
         app.fake.cancelled()
     );
 }
+
+/// The slot is taken with the quotas once the body is read, but a token
+/// whose request runs in this process is refused before: a second request
+/// that never finishes its body still gets its 429 at once.
+#[tokio::test]
+async fn a_busy_token_is_refused_before_its_body_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let token = app.token(ADMIN).await;
+    let slow = chat_body_with(true, json!({"chunks": 4, "chunk_delay_ms": 250}));
+    let running = app.chat(&token, &slow).await;
+    assert_eq!(running.status(), 200);
+    let mut raw = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{\"model\":"
+    );
+    raw.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), raw.read(&mut answer))
+        .await
+        .expect("an answer before the body is sent")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("token_busy"), "{answer}");
+    let _ = running.bytes().await;
+    assert!(app.slots_free_within(SOON).await);
+}

@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Anthropic's SDKs send the key here.
 pub const X_API_KEY: &str = "x-api-key";
@@ -18,7 +18,6 @@ use crate::ablation::{self, Part};
 use crate::access_log::RequestLog;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{Acquired, Lease};
 use crate::users::{keys, Account, ApiKey};
 
 /// Who is calling: the verified claims of a login token, or a personal
@@ -40,6 +39,15 @@ impl AuthToken {
     pub fn may_use(&self, model: Option<&str>) -> bool {
         self.account.may_use(model) && self.key.as_ref().map_or(true, |k| k.may_use(model))
     }
+
+    /// The slots a request with this caller may take: a login token's one,
+    /// or a key's `max_in_flight`.
+    pub fn slots(&self) -> Vec<u128> {
+        match &self.key {
+            Some(key) => key.slots().collect(),
+            None => vec![self.token_id],
+        }
+    }
 }
 
 /// For routes that take no slot: a valid token that was not logged out.
@@ -53,84 +61,41 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         if token.key.is_none() && state.store.is_revoked(token.token_id).await? {
             return Err(ApiError::InvalidToken);
         }
-        Ok((token, None))
+        Ok(token)
     };
     admit(checked.await, req, next).await
 }
 
-/// For completion routes: a valid token, and its slot. The revocation check
-/// and the slot are one call to the store (one round trip with Redis); the
-/// [`Lease`] goes into the request for the handler to move into the body.
-pub async fn require_token_and_slot(
+/// For completion routes: a valid token whose slots this process does not
+/// all hold already, so a second request is refused before its body is
+/// read. The slot itself, the revocation check and the quotas are one call
+/// to the store once the body is read ([`crate::store::Store::enter`]: one
+/// round trip with Redis).
+pub async fn require_token_not_busy(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
-    let token = authenticate(&state, req.headers());
-    let checked = async {
-        let token = token?;
-        if ablation::off(Part::Slot) {
-            return Ok((token, None));
+    let checked = authenticate(&state, req.headers()).and_then(|token| {
+        if !ablation::off(Part::Slot) && state.store.busy_here(&token.slots()) {
+            return Err(ApiError::TokenBusy);
         }
-        // A key may have several slots (`max_in_flight`): the first free one.
-        let slots: Vec<u128> = match &token.key {
-            Some(key) => key.slots().collect(),
-            None => vec![token.token_id],
-        };
-        for slot in slots {
-            match state.store.acquire(slot).await? {
-                Acquired::Granted(lease) => return Ok((token, Some(lease))),
-                Acquired::Busy => continue,
-                Acquired::Revoked => return Err(ApiError::InvalidToken),
-            }
-        }
-        Err(ApiError::TokenBusy)
-    };
-    admit(checked.await, req, next).await
+        Ok(token)
+    });
+    admit(checked, req, next).await
 }
 
-/// Lets an authenticated request through (with its slot, if it took one),
-/// or answers the error.
-async fn admit(
-    checked: Result<(AuthToken, Option<Lease>), ApiError>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let (token, lease) = match checked {
-        Ok(admitted) => admitted,
+/// Lets an authenticated request through, or answers the error.
+async fn admit(checked: Result<AuthToken, ApiError>, mut req: Request, next: Next) -> Response {
+    let token = match checked {
+        Ok(token) => token,
         Err(e) => return e.into_response(),
     };
     if let Some(log) = req.extensions().get::<RequestLog>() {
         log.set_user(&token.account.username, token.key.as_ref().map(|k| &k.id));
     }
     req.extensions_mut().insert(token);
-    if lease.is_some() || ablation::off(Part::Slot) {
-        req.extensions_mut()
-            .insert(SlotLease(Arc::new(Mutex::new(lease))));
-    }
     next.run(req).await
-}
-
-/// The token's slot, taken by [`require_token_and_slot`]. Extensions must be
-/// `Clone`, hence the shared cell; the handler takes the lease out of it.
-#[derive(Clone)]
-pub struct SlotLease(Arc<Mutex<Option<Lease>>>);
-
-impl<S: Send + Sync> FromRequestParts<S> for SlotLease {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .remove::<SlotLease>()
-            .ok_or(ApiError::Internal)
-    }
-}
-
-impl SlotLease {
-    pub fn take(self) -> Option<Lease> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
 }
 
 /// Checks the token itself (a key's hash, or a JWT's signature and claims)

@@ -1,10 +1,11 @@
 //! Forwarding to DeepSeek.
 //!
-//! Every format takes the same path: take the token's slot (or 429 at once)
-//! -> read the body and check it as the route's [`Format`] says ->
-//! [`prepare`]: resolve the served model, rewrite the fields the gateway
-//! owns -> policy and quotas on the served model -> send upstream with the
-//! real key -> relay the response body, which now owns the slot. See
+//! Every format takes the same path: 429 at once if this process already
+//! holds the token's slot -> read the body and check it as the route's
+//! [`Format`] says -> [`prepare`]: resolve the served model, rewrite the
+//! fields the gateway owns -> policy on the served model -> the slot and
+//! the quotas in one step ([`crate::store::Store::enter`]) -> send upstream
+//! with the real key -> relay the response body, which now owns the slot. See
 //! [`relay`] for how the stream ends, and [`upstream`] for the routes' paths
 //! and how answers are classified.
 
@@ -25,11 +26,12 @@ use tokio::time::Instant;
 use crate::ablation::{self, Part};
 use crate::access_log::{RequestId, RequestLog, Requested};
 use crate::admin::AdminToken;
-use crate::auth::{AuthToken, SlotLease};
+use crate::auth::AuthToken;
 use crate::body::read_limited;
 use crate::error::ApiError;
-use crate::limits::quota::{Admission, Ask};
+use crate::limits::quota::Ask;
 use crate::state::AppState;
+use crate::store::Entry;
 use hold::{Bill, Hold};
 use prepare::prepare;
 use relay::RelayBody;
@@ -77,11 +79,10 @@ macro_rules! slot_route {
         #[$doc]
         pub async fn $name(
             token: AuthToken,
-            lease: SlotLease,
             cx: Context,
             body: Body,
         ) -> Result<Response, ApiError> {
-            completion($route, token, lease, cx, body).await
+            completion($route, token, cx, body).await
         }
     )*};
 }
@@ -147,18 +148,10 @@ pub async fn count_tokens(token: AuthToken, cx: Context, body: Body) -> Result<R
 async fn completion(
     route: Route,
     token: AuthToken,
-    lease: SlotLease,
     cx: Context,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // The slot was taken before the body is read (by the auth layer), so a
-    // concurrent request is refused at once; from here it is ours to hold.
     let mut hold = Hold::default();
-    hold.slot = match lease.take() {
-        Some(lease) => Some(lease),
-        None if ablation::off(Part::Slot) => None,
-        None => return Err(ApiError::Internal),
-    };
     let result = async {
         let state = &cx.state;
         let format = route.format();
@@ -217,11 +210,20 @@ async fn completion(
                 ),
             ));
         }
-        if ask.is_limited() && !ablation::off(Part::Quota) {
-            match state.store.admit(ask).await? {
-                Admission::Granted(permit) => hold.charge = Some(permit),
-                Admission::Refused(refusal) => return Err(ApiError::Quota(refusal)),
+        // The slot and the quotas in one step (one round trip with Redis).
+        let slots = match ablation::off(Part::Slot) {
+            true => Vec::new(),
+            false => token.slots(),
+        };
+        let ask = (ask.is_limited() && !ablation::off(Part::Quota)).then_some(ask);
+        match state.store.enter(token.token_id, &slots, ask).await? {
+            Entry::Granted { lease, permit } => {
+                hold.slot = lease;
+                hold.charge = permit;
             }
+            Entry::Busy => return Err(ApiError::TokenBusy),
+            Entry::Revoked => return Err(ApiError::InvalidToken),
+            Entry::Refused(refusal) => return Err(ApiError::Quota(refusal)),
         }
         hold.bill = Some(Bill {
             prices,

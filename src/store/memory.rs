@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use futures_util::future::{ready, BoxFuture, FutureExt};
 
 use super::{
-    Acquired, Admission, Ask, InFlight, Issued, Lease, Release, Seeds, Standing, Store,
-    StoreResult, StoreSettings,
+    Admission, Ask, Entry, InFlight, Issued, Lease, Release, Seeds, Standing, Store, StoreResult,
+    StoreSettings,
 };
 use crate::auth::jwt::unix_now;
 use crate::auth::login_cache::LoginCache;
@@ -44,14 +44,24 @@ impl MemoryStore {
         }
     }
 
-    fn acquire_now(&self, token_id: u128) -> Acquired {
+    fn enter_now(&self, token_id: u128, slots: &[u128], ask: Option<Ask<'_>>) -> Entry {
         if self.revocations.is_revoked(token_id) {
-            return Acquired::Revoked;
+            return Entry::Revoked;
         }
-        match self.slots.try_acquire(token_id) {
-            Some(guard) => Acquired::Granted(Lease::new(guard, &self.in_flight)),
-            None => Acquired::Busy,
-        }
+        let lease = match slots {
+            [] => None,
+            _ => match slots.iter().find_map(|&slot| self.slots.try_acquire(slot)) {
+                Some(guard) => Some(Lease::new(guard, &self.in_flight)),
+                None => return Entry::Busy,
+            },
+        };
+        // A refusal drops the lease: the slot is free again at once.
+        let permit = match ask.map(|ask| self.quotas.admit(ask)) {
+            None => None,
+            Some(Admission::Granted(permit)) => Some(permit),
+            Some(Admission::Refused(refusal)) => return Entry::Refused(refusal),
+        };
+        Entry::Granted { lease, permit }
     }
 }
 
@@ -72,8 +82,17 @@ impl Store for MemoryStore {
         false
     }
 
-    fn acquire(&self, token_id: u128) -> BoxFuture<'_, StoreResult<Acquired>> {
-        ready(Ok(self.acquire_now(token_id))).boxed()
+    fn enter<'a>(
+        &'a self,
+        token_id: u128,
+        slots: &'a [u128],
+        ask: Option<Ask<'a>>,
+    ) -> BoxFuture<'a, StoreResult<Entry>> {
+        ready(Ok(self.enter_now(token_id, slots, ask))).boxed()
+    }
+
+    fn busy_here(&self, slots: &[u128]) -> bool {
+        !slots.is_empty() && slots.iter().all(|&slot| self.slots.is_taken(slot))
     }
 
     fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>> {

@@ -23,7 +23,7 @@ use futures_util::future::BoxFuture;
 
 pub use crate::auth::login_cache::Issued;
 use crate::config::{StateBackend, StateConfig};
-pub use crate::limits::quota::{Admission, Ask, Seeds, Standing};
+pub use crate::limits::quota::{Admission, Ask, Permit, Refusal, Seeds, Standing};
 
 /// The backend did not answer (in time). Requests that need it get 503.
 #[derive(Debug)]
@@ -37,13 +37,19 @@ impl std::fmt::Display for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The answer to "may this token start a request?".
-pub enum Acquired {
-    Granted(Lease),
-    /// Another request with this token is in flight.
+/// The answer to "may this request start?" ([`Store::enter`]).
+pub enum Entry {
+    /// Its slot and its quota permit, each if it asked for one.
+    Granted {
+        lease: Option<Lease>,
+        permit: Option<Permit>,
+    },
+    /// Every slot of the token (or key) has a request in flight.
     Busy,
     /// The token was logged out.
     Revoked,
+    /// A quota or budget refuses it.
+    Refused(Refusal),
 }
 
 /// Gives a slot back: either at once (memory: `None`), or by the returned
@@ -134,8 +140,22 @@ impl InFlight {
 
 /// Shared state behind one seam. Every method is one round trip at most.
 pub trait Store: Send + Sync {
-    /// Checks that the token is not revoked and takes its slot, atomically.
-    fn acquire(&self, token_id: u128) -> BoxFuture<'_, StoreResult<Acquired>>;
+    /// Starts a request, in one atomic step (one round trip with Redis):
+    /// checks that `token_id` is not revoked, takes the first free of
+    /// `slots` (none if empty), and admits `ask` under its user's quotas
+    /// (if given). Nothing is taken unless all of it is granted.
+    fn enter<'a>(
+        &'a self,
+        token_id: u128,
+        slots: &'a [u128],
+        ask: Option<Ask<'a>>,
+    ) -> BoxFuture<'a, StoreResult<Entry>>;
+
+    /// Whether requests of this process hold every one of `slots` now: a
+    /// busy token is then refused before its body is read, with no I/O.
+    /// [`Store::enter`] has the last word (with Redis, another replica's
+    /// requests show only there).
+    fn busy_here(&self, slots: &[u128]) -> bool;
 
     /// Whether the token was logged out (for routes that take no slot).
     fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>>;

@@ -33,11 +33,12 @@ use redis::{Client, Script};
 use secrecy::ExposeSecret;
 
 use super::{
-    Acquired, Admission, Ask, InFlight, Issued, Lease, Release, Standing, Store, StoreError,
+    Admission, Ask, Entry, InFlight, Issued, Lease, Release, Standing, Store, StoreError,
     StoreResult, StoreSettings,
 };
 use crate::config::RedisConfig;
-use crate::limits::quota::{self, Charged, Permit, Seeds, Settle};
+use crate::limits::quota::{self, Charged, Permit, Refusal, Seeds, Settle};
+use crate::limits::{SlotGuard, Slots};
 use crate::usage::calendar::month_index;
 
 mod renewals;
@@ -46,8 +47,48 @@ use renewals::{Kind, Renewals, Renewing};
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
 
+/// The quota admission, as a Lua function of its keys `K` and arguments `A`
+/// (for the `admit` and `enter` scripts).
+///
+/// K: rpm (zset of admission times), running (zset of expiry times), tokens
+/// (today's counter), spend (the user's micro-units this month), key spend
+/// (the key's). A: now_ms, owner, rpm limit, concurrency limit, token
+/// limit, reserve, running ttl_ms, tokens ttl_ms, ms to the next UTC day,
+/// budget, key budget, micro-units to reserve, spend ttl_ms, ms to the next
+/// UTC month. Limits of 0 are off. Every check runs before anything is
+/// counted. Returns {0} granted, or {kind, used, retry_ms} with kind 1 rpm,
+/// 2 tokens, 3 concurrency, 4 budget, 5 key budget. See `limits::quota`.
+const ADMIT: &str = "local function admit(K, A) \
+    local now = tonumber(A[1]) local rpm = tonumber(A[3]) \
+    local conc = tonumber(A[4]) local tok = tonumber(A[5]) \
+    local reserve = tonumber(A[6]) local budget = tonumber(A[10]) \
+    local kbudget = tonumber(A[11]) local micros = tonumber(A[12]) \
+    if conc > 0 then redis.call('ZREMRANGEBYSCORE', K[2], '-inf', now) \
+    local n = redis.call('ZCARD', K[2]) if n >= conc then return {3, n, 1000} end end \
+    if rpm > 0 then redis.call('ZREMRANGEBYSCORE', K[1], '-inf', now - 60000) \
+    local n = redis.call('ZCARD', K[1]) if n >= rpm then \
+    local oldest = redis.call('ZRANGE', K[1], 0, 0, 'WITHSCORES') \
+    return {1, n, tonumber(oldest[2]) + 60000 - now} end end \
+    if tok > 0 then local used = tonumber(redis.call('GET', K[3]) or '0') \
+    if used + reserve > tok then return {2, used, tonumber(A[9])} end end \
+    if budget > 0 then local used = tonumber(redis.call('GET', K[4]) or '0') \
+    if used + micros > budget then return {4, used, tonumber(A[14])} end end \
+    if kbudget > 0 then local used = tonumber(redis.call('GET', K[5]) or '0') \
+    if used + micros > kbudget then return {5, used, tonumber(A[14])} end end \
+    if tok > 0 then redis.call('INCRBY', K[3], reserve) \
+    redis.call('PEXPIRE', K[3], A[8]) end \
+    if budget > 0 then redis.call('INCRBY', K[4], micros) \
+    redis.call('PEXPIRE', K[4], A[13]) end \
+    if kbudget > 0 then redis.call('INCRBY', K[5], micros) \
+    redis.call('PEXPIRE', K[5], A[13]) end \
+    if rpm > 0 then redis.call('ZADD', K[1], now, A[2]) \
+    redis.call('PEXPIRE', K[1], 60000) end \
+    if conc > 0 then redis.call('ZADD', K[2], now + tonumber(A[7]), A[2]) \
+    redis.call('PEXPIRE', K[2], A[7]) end \
+    return {0} end";
+
 struct Scripts {
-    acquire: Script,
+    enter: Script,
     renew: Script,
     release: Script,
     login: Script,
@@ -64,12 +105,6 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            // KEYS: revoked, slot. ARGV: owner, ttl_ms. -1 revoked, 0 busy, 1 granted.
-            acquire: Script::new(
-                "if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end \
-                 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
-                 return 0",
-            ),
             renew: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
@@ -114,45 +149,22 @@ impl Scripts {
                  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end end \
                  return 1",
             ),
-            // KEYS: rpm (zset of admission times), running (zset of
-            // expiry times), tokens (today's counter), spend (the user's
-            // micro-units this month), key spend (the key's). ARGV: now_ms,
-            // owner, rpm limit, concurrency limit, token limit, reserve,
-            // running ttl_ms, tokens ttl_ms, ms to the next UTC day, budget,
-            // key budget, micro-units to reserve, spend ttl_ms, ms to the
-            // next UTC month. Limits of 0 are off. Every check runs before
-            // anything is counted. Returns {0} granted, or {kind, used,
-            // retry_ms} with kind 1 rpm, 2 tokens, 3 concurrency, 4 budget,
-            // 5 key budget. See `limits::quota`.
-            admit: Script::new(
-                "local now = tonumber(ARGV[1]) local rpm = tonumber(ARGV[3]) \
-                 local conc = tonumber(ARGV[4]) local tok = tonumber(ARGV[5]) \
-                 local reserve = tonumber(ARGV[6]) local budget = tonumber(ARGV[10]) \
-                 local kbudget = tonumber(ARGV[11]) local micros = tonumber(ARGV[12]) \
-                 if conc > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) \
-                 local n = redis.call('ZCARD', KEYS[2]) if n >= conc then return {3, n, 1000} end end \
-                 if rpm > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000) \
-                 local n = redis.call('ZCARD', KEYS[1]) if n >= rpm then \
-                 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES') \
-                 return {1, n, tonumber(oldest[2]) + 60000 - now} end end \
-                 if tok > 0 then local used = tonumber(redis.call('GET', KEYS[3]) or '0') \
-                 if used + reserve > tok then return {2, used, tonumber(ARGV[9])} end end \
-                 if budget > 0 then local used = tonumber(redis.call('GET', KEYS[4]) or '0') \
-                 if used + micros > budget then return {4, used, tonumber(ARGV[14])} end end \
-                 if kbudget > 0 then local used = tonumber(redis.call('GET', KEYS[5]) or '0') \
-                 if used + micros > kbudget then return {5, used, tonumber(ARGV[14])} end end \
-                 if tok > 0 then redis.call('INCRBY', KEYS[3], reserve) \
-                 redis.call('PEXPIRE', KEYS[3], ARGV[8]) end \
-                 if budget > 0 then redis.call('INCRBY', KEYS[4], micros) \
-                 redis.call('PEXPIRE', KEYS[4], ARGV[13]) end \
-                 if kbudget > 0 then redis.call('INCRBY', KEYS[5], micros) \
-                 redis.call('PEXPIRE', KEYS[5], ARGV[13]) end \
-                 if rpm > 0 then redis.call('ZADD', KEYS[1], now, ARGV[2]) \
-                 redis.call('PEXPIRE', KEYS[1], 60000) end \
-                 if conc > 0 then redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), ARGV[2]) \
-                 redis.call('PEXPIRE', KEYS[2], ARGV[7]) end \
-                 return {0}",
-            ),
+            admit: Script::new(&format!("{ADMIT} return admit(KEYS, ARGV)")),
+            // KEYS: revoked, the n slots, then (to admit) admit's five keys.
+            // ARGV: owner, lease ttl_ms, n, then admit's ARGV (its owner
+            // the same). Nothing is taken unless all is granted. Returns {-1}
+            // revoked, {-2} busy, admit's refusal, or {0, i}: granted, with
+            // KEYS[i] the slot taken (0: none asked).
+            enter: Script::new(&format!(
+                "{ADMIT} if redis.call('EXISTS', KEYS[1]) == 1 then return {{-1}} end \
+                 local n = tonumber(ARGV[3]) local slot = 0 \
+                 for i = 2, n + 1 do if redis.call('EXISTS', KEYS[i]) == 0 then slot = i break end end \
+                 if n > 0 and slot == 0 then return {{-2}} end \
+                 if #KEYS > n + 1 then local r = admit({{unpack(KEYS, n + 2)}}, {{unpack(ARGV, 4)}}) \
+                 if r[1] ~= 0 then return r end end \
+                 if slot > 0 then redis.call('SET', KEYS[slot], ARGV[1], 'PX', ARGV[2]) end \
+                 return {{0, slot}}"
+            )),
             // KEYS: running. ARGV: owner, new expiry ms, ttl_ms.
             renew_running: Script::new(
                 "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end \
@@ -196,6 +208,8 @@ pub struct RedisStore {
     scripts: std::sync::Arc<Scripts>,
     renewals: std::sync::Arc<Renewals>,
     in_flight: InFlight,
+    /// The slots this process's requests hold (for [`Store::busy_here`]).
+    local: Slots,
 }
 
 /// A lease's or a permit's owner: unique across replicas (a random 64-bit
@@ -273,6 +287,7 @@ impl RedisStore {
             scripts,
             renewals,
             in_flight: InFlight::default(),
+            local: Slots::default(),
         })
     }
 
@@ -352,6 +367,9 @@ async fn bounded<T: redis::FromRedisValue>(
 /// A Redis lease: renewed in the background until released.
 struct RedisLease {
     renewing: Renewing,
+    /// This process's note that it holds the slot, dropped once the key is
+    /// deleted.
+    local: Option<SlotGuard>,
     conn: ConnectionManager,
     scripts: std::sync::Arc<Scripts>,
     timeout: Duration,
@@ -364,6 +382,7 @@ impl Release for RedisLease {
     fn release(self: Box<Self>) -> Option<BoxFuture<'static, ()>> {
         let Self {
             renewing,
+            local,
             conn,
             scripts,
             timeout,
@@ -378,6 +397,7 @@ impl Release for RedisLease {
                 if let Err(e) = released.await {
                     tracing::warn!(error = %e, "lease release failed; it expires by its TTL");
                 }
+                drop(local);
             }
             .boxed(),
         )
@@ -385,9 +405,10 @@ impl Release for RedisLease {
 }
 
 impl RedisStore {
-    fn lease(&self, slot: String, owner: String) -> RedisLease {
+    fn lease(&self, slot: String, owner: String, local: Option<SlotGuard>) -> RedisLease {
         RedisLease {
             renewing: self.renewals.register(Kind::Lease, &slot, &owner),
+            local,
             conn: self.conn.clone(),
             scripts: self.scripts.clone(),
             timeout: self.timeout,
@@ -426,6 +447,104 @@ impl RedisStore {
             format_args!("{}:{}", login_key(key_id), month_index(now_ms)),
         )
     }
+}
+
+impl RedisStore {
+    /// The admission's keys and arguments, as [`ADMIT`] takes them.
+    fn admission(&self, ask: &Ask<'_>, owner: &str) -> ([String; 5], [String; 14]) {
+        let Ask {
+            user,
+            limits,
+            reserve,
+            key,
+            reserve_micros,
+            now_ms,
+            ..
+        } = *ask;
+        let [rpm, running, tokens, spend] = self.quota_keys(user, now_ms);
+        let key_spend = match key {
+            Some((id, _)) => self.key_spend_key(id, now_ms),
+            None => self.key("quota:keyspend", "-"),
+        };
+        let to_day_end = quota::until_next_day_ms(now_ms);
+        let to_month_end = quota::until_next_month_ms(now_ms);
+        let args = [
+            now_ms.to_string(),
+            owner.to_owned(),
+            limits.requests_per_minute.to_string(),
+            limits.max_concurrent.to_string(),
+            limits.tokens_per_day.to_string(),
+            reserve.to_string(),
+            self.lease_ttl.as_millis().to_string(),
+            (to_day_end + quota::DAY_MS).to_string(),
+            to_day_end.to_string(),
+            limits.budget_per_month.to_string(),
+            ask.key_budget().to_string(),
+            reserve_micros.to_string(),
+            (to_month_end + quota::DAY_MS).to_string(),
+            to_month_end.to_string(),
+        ];
+        ([rpm, running, tokens, spend, key_spend], args)
+    }
+
+    /// The permit of an admitted `ask`; `keys` are its five quota keys.
+    fn permit(&self, ask: &Ask<'_>, keys: [String; 5], owner: String) -> Permit {
+        let limits = ask.limits;
+        let [_, running, tokens, spend, key_spend] = keys;
+        let running_renewal = (limits.max_concurrent > 0)
+            .then(|| self.renewals.register(Kind::Running, &running, &owner));
+        Permit::new(RedisPermit {
+            running: running_renewal,
+            conn: self.conn.clone(),
+            scripts: self.scripts.clone(),
+            timeout: self.timeout,
+            keys: [running, tokens, spend, key_spend],
+            owner,
+            reserved: [
+                (limits.tokens_per_day > 0).then_some(ask.reserve),
+                (limits.budget_per_month > 0).then_some(ask.reserve_micros),
+                (ask.key_budget() > 0).then_some(ask.reserve_micros),
+            ],
+        })
+    }
+}
+
+/// The refusal [`ADMIT`] answered for `ask`.
+fn refusal(ask: &Ask<'_>, answer: &[i64]) -> StoreResult<Refusal> {
+    let (limits, key_budget) = (ask.limits, ask.key_budget());
+    let (kind, limit, reserve) = match answer.first() {
+        Some(1) => (
+            quota::Kind::RequestsPerMinute,
+            limits.requests_per_minute,
+            0,
+        ),
+        Some(2) => (
+            quota::Kind::TokensPerDay,
+            limits.tokens_per_day,
+            ask.reserve,
+        ),
+        Some(3) => (quota::Kind::Concurrent, limits.max_concurrent, 0),
+        Some(4) => (
+            quota::Kind::Budget,
+            limits.budget_per_month,
+            ask.reserve_micros,
+        ),
+        Some(5) => (quota::Kind::KeyBudget, key_budget, ask.reserve_micros),
+        _ => return Err(unexpected()),
+    };
+    let number = |i: usize, default: u64| answer.get(i).map_or(default, |&n| n.max(0) as u64);
+    Ok(Refusal {
+        kind,
+        limit,
+        used: number(1, 0),
+        reserve,
+        retry_after_secs: number(2, 1000).div_ceil(1000).max(1),
+        currency: ask.currency,
+    })
+}
+
+fn unexpected() -> StoreError {
+    StoreError("unexpected answer from a quota script".into())
 }
 
 /// A Redis quota permit: its running entry is renewed like a lease, so a
@@ -526,41 +645,98 @@ impl Store for RedisStore {
         true
     }
 
-    fn acquire(&self, token_id: u128) -> BoxFuture<'_, StoreResult<Acquired>> {
+    fn enter<'a>(
+        &'a self,
+        token_id: u128,
+        slots: &'a [u128],
+        ask: Option<Ask<'a>>,
+    ) -> BoxFuture<'a, StoreResult<Entry>> {
         async move {
-            let revoked = self.key("revoked", format_args!("{token_id:032x}"));
-            let slot = self.key("slot", format_args!("{token_id:032x}"));
             let owner = new_owner();
-            let ttl_ms = self.lease_ttl.as_millis().to_string();
-            let acquired = self
-                .run::<i64>(
-                    &self.scripts.acquire,
-                    &[&revoked, &slot],
-                    &[&owner, &ttl_ms],
-                )
-                .await;
-            let granted = match acquired {
-                Ok(granted) => granted,
+            let mut keys = Vec::with_capacity(1 + slots.len() + 5);
+            keys.push(self.key("revoked", format_args!("{token_id:032x}")));
+            keys.extend(
+                slots
+                    .iter()
+                    .map(|slot| self.key("slot", format_args!("{slot:032x}"))),
+            );
+            let mut args = vec![
+                owner.clone(),
+                self.lease_ttl.as_millis().to_string(),
+                slots.len().to_string(),
+            ];
+            if let Some(ask) = &ask {
+                let (quota_keys, quota_args) = self.admission(ask, &owner);
+                keys.extend(quota_keys);
+                args.extend(quota_args);
+            }
+            let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let answer: Vec<i64> = match self.run(&self.scripts.enter, &key_refs, &arg_refs).await {
+                Ok(answer) => answer,
                 Err(e) => {
                     // The script may have run even though its answer was
                     // lost: delete the lease if it is ours, so a failed
-                    // acquire never leaves the token locked for the TTL.
+                    // entry never leaves the token locked for the TTL. (A
+                    // running entry it may have counted expires by the
+                    // lease TTL; reservations stay counted: the error is on
+                    // the side of not overspending.)
                     let (conn, scripts, timeout) =
                         (self.conn.clone(), self.scripts.clone(), self.timeout);
+                    let mut slot_keys = keys.split_off(1);
+                    slot_keys.truncate(slots.len());
                     tokio::spawn(async move {
-                        let (keys, args) = ([slot.as_str()], [owner.as_str()]);
-                        let _ = bounded::<i64>(timeout, conn, &scripts.release, &keys, &args).await;
+                        for slot in &slot_keys {
+                            let (keys, args) = ([slot.as_str()], [owner.as_str()]);
+                            let _ = bounded::<i64>(
+                                timeout,
+                                conn.clone(),
+                                &scripts.release,
+                                &keys,
+                                &args,
+                            )
+                            .await;
+                        }
                     });
                     return Err(e);
                 }
             };
-            Ok(match granted {
-                1 => Acquired::Granted(Lease::new(self.lease(slot, owner), &self.in_flight)),
-                -1 => Acquired::Revoked,
-                _ => Acquired::Busy,
-            })
+            match answer.as_slice() {
+                [-1] => return Ok(Entry::Revoked),
+                [-2] => return Ok(Entry::Busy),
+                [0, _] => {}
+                _ => {
+                    let ask = ask.ok_or_else(unexpected)?;
+                    return Ok(Entry::Refused(refusal(&ask, &answer)?));
+                }
+            }
+            // KEYS[i] (from 1) is the slot taken, i > 1; 0 if none was asked.
+            let taken = usize::try_from(answer[1]).unwrap_or(0);
+            let lease = match taken.checked_sub(2).and_then(|i| slots.get(i)) {
+                Some(&slot) => {
+                    let local = self.local.try_acquire(slot);
+                    let key = std::mem::take(&mut keys[taken - 1]);
+                    let lease = self.lease(key, owner.clone(), local);
+                    Some(Lease::new(lease, &self.in_flight))
+                }
+                None if slots.is_empty() => None,
+                None => return Err(unexpected()),
+            };
+            let permit = match ask {
+                Some(ask) => {
+                    let quota_keys = <[String; 5]>::try_from(keys.split_off(1 + slots.len()))
+                        .map_err(|_| unexpected())?;
+                    Some(self.permit(&ask, quota_keys, owner))
+                }
+                None => None,
+            };
+            Ok(Entry::Granted { lease, permit })
         }
         .boxed()
+    }
+
+    fn busy_here(&self, slots: &[u128]) -> bool {
+        !slots.is_empty() && slots.iter().all(|&slot| self.local.is_taken(slot))
     }
 
     fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>> {
@@ -660,86 +836,17 @@ impl Store for RedisStore {
 
     fn admit<'a>(&'a self, ask: Ask<'a>) -> BoxFuture<'a, StoreResult<Admission>> {
         async move {
-            let Ask {
-                user,
-                limits,
-                reserve,
-                key,
-                reserve_micros,
-                currency,
-                now_ms,
-            } = ask;
-            let key_budget = ask.key_budget();
-            let [rpm, running, tokens, spend] = self.quota_keys(user, now_ms);
-            let key_spend = match key {
-                Some((id, _)) => self.key_spend_key(id, now_ms),
-                None => self.key("quota:keyspend", "-"),
-            };
-            let keys = [rpm, running, tokens, spend, key_spend];
             let owner = new_owner();
-            let running_ttl = self.lease_ttl.as_millis() as u64;
-            let to_day_end = quota::until_next_day_ms(now_ms);
-            let to_month_end = quota::until_next_month_ms(now_ms);
-            let args = [
-                now_ms.to_string(),
-                owner.clone(),
-                limits.requests_per_minute.to_string(),
-                limits.max_concurrent.to_string(),
-                limits.tokens_per_day.to_string(),
-                reserve.to_string(),
-                running_ttl.to_string(),
-                (to_day_end + quota::DAY_MS).to_string(),
-                to_day_end.to_string(),
-                limits.budget_per_month.to_string(),
-                key_budget.to_string(),
-                reserve_micros.to_string(),
-                (to_month_end + quota::DAY_MS).to_string(),
-                to_month_end.to_string(),
-            ];
+            let (keys, args) = self.admission(&ask, &owner);
             let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
             let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
             // A lost answer is a 503 like any other; what the script may
             // have counted expires (running entries by the lease TTL).
-            let answer: Vec<u64> = self.run(&self.scripts.admit, &key_refs, &arg_refs).await?;
-            let refused = match answer.as_slice() {
-                [0] => None,
-                [1, ..] => Some((
-                    quota::Kind::RequestsPerMinute,
-                    limits.requests_per_minute,
-                    0,
-                )),
-                [2, ..] => Some((quota::Kind::TokensPerDay, limits.tokens_per_day, reserve)),
-                [3, ..] => Some((quota::Kind::Concurrent, limits.max_concurrent, 0)),
-                [4, ..] => Some((quota::Kind::Budget, limits.budget_per_month, reserve_micros)),
-                [5, ..] => Some((quota::Kind::KeyBudget, key_budget, reserve_micros)),
-                _ => return Err(StoreError("unexpected answer from the quota script".into())),
-            };
-            if let Some((kind, limit, reserve)) = refused {
-                return Ok(Admission::Refused(quota::Refusal {
-                    kind,
-                    limit,
-                    used: answer.get(1).copied().unwrap_or(0),
-                    reserve,
-                    retry_after_secs: answer.get(2).copied().unwrap_or(1000).div_ceil(1000).max(1),
-                    currency,
-                }));
+            let answer: Vec<i64> = self.run(&self.scripts.admit, &key_refs, &arg_refs).await?;
+            if answer != [0] {
+                return Ok(Admission::Refused(refusal(&ask, &answer)?));
             }
-            let [_, running, tokens, spend, key_spend] = keys;
-            let running_renewal = (limits.max_concurrent > 0)
-                .then(|| self.renewals.register(Kind::Running, &running, &owner));
-            Ok(Admission::Granted(Permit::new(RedisPermit {
-                running: running_renewal,
-                conn: self.conn.clone(),
-                scripts: self.scripts.clone(),
-                timeout: self.timeout,
-                keys: [running, tokens, spend, key_spend],
-                owner,
-                reserved: [
-                    (limits.tokens_per_day > 0).then_some(reserve),
-                    (limits.budget_per_month > 0).then_some(reserve_micros),
-                    (key_budget > 0).then_some(reserve_micros),
-                ],
-            })))
+            Ok(Admission::Granted(self.permit(&ask, keys, owner)))
         }
         .boxed()
     }
