@@ -7,7 +7,8 @@
 # turn, ROUNDS times (default 3), printing each one's p50 and its CPU
 # (utime + stime of all its threads) per request, and the fake's. Where the
 # CPU per request is about the whole latency, the time goes to idling and
-# waking, not to work. Needs wrk and python3.
+# waking, not to work. BENCH_STATE=redis puts the gateway's state in the
+# Redis at 127.0.0.1:6379 (a key prefix of its own). Needs wrk and python3.
 set -euo pipefail
 ROUNDS=${1:-3}
 GW=$(realpath "${2:-target/release/deepseek_proxy}")
@@ -22,6 +23,9 @@ FAKE_PID=$!
 target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare.out 2>&1 &
 BARE_PID=$!
 gateway_toml $W $P $FAKE 1
+if [ "${BENCH_STATE:-memory}" = redis ]; then
+  printf '[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379"\nkey_prefix = "c1%s:"\n' $$ >> $W/gw.toml
+fi
 RUST_LOG=info $GW --config $W/gw.toml >/dev/null 2>$W/log &
 GW_PID=$!
 wait_healthy $P

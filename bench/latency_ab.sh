@@ -4,7 +4,9 @@
 # log at info, SQLite ledger with its journal, metrics, quotas) run at once, and
 #   bench/latency_ab.sh ROUNDS BIN_A BIN_B
 # runs `wrk -t1 -c1 -d3s --latency` on each in turn, ROUNDS times, printing
-# "round peer p50 p99 requests/s" per block. Needs wrk and python3.
+# "round peer p50 p99 requests/s" per block. BENCH_STATE=redis puts both
+# builds' state in the Redis at 127.0.0.1:6379 (a key prefix each).
+# Needs wrk and python3.
 set -euo pipefail
 [ $# -eq 3 ] || { echo "usage: bench/latency_ab.sh ROUNDS BIN_A BIN_B" >&2; exit 2; }
 ROUNDS=$1; A=$(realpath "$2"); B=$(realpath "$3")
@@ -19,6 +21,11 @@ target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" > $W/bare.out 2>&
 mkdir -p $W/a $W/b
 gateway_toml $W/a $PA $FAKE 1
 gateway_toml $W/b $PB $FAKE 1
+if [ "${BENCH_STATE:-memory}" = redis ]; then
+  for n in a b; do
+    printf '[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379"\nkey_prefix = "ab%s%s:"\n' $$ $n >> $W/$n/gw.toml
+  done
+fi
 RUST_LOG=info $A --config $W/a/gw.toml >/dev/null 2>$W/a/log &
 RUST_LOG=info $B --config $W/b/gw.toml >/dev/null 2>$W/b/log &
 wait_healthy $PA; wait_healthy $PB

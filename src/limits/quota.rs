@@ -220,6 +220,12 @@ impl Permit {
             None => Box::pin(std::future::ready(())),
         }
     }
+
+    /// Settles now, or returns the I/O that does (for the caller to run as
+    /// a task, maybe with other I/O: [`crate::proxy::hold`]).
+    pub fn into_settle(mut self, charged: Charged) -> Option<BoxFuture<'static, ()>> {
+        self.settle.take().and_then(|s| s.settle(charged))
+    }
 }
 
 impl Drop for Permit {

@@ -121,7 +121,7 @@ impl Hold {
     ) -> BoxFuture<'static, ()> {
         self.active = None;
         self.place = None;
-        let slot = self.slot.take().map(Lease::release);
+        let slot = self.slot.take().and_then(Lease::into_release);
         let billed = self.bill.take().map(|bill| {
             let billed = bill.finish(usage, estimated_completion);
             bill.log.set_billed(billed);
@@ -129,19 +129,21 @@ impl Hold {
         });
         let settled = self.charge.take().map(|permit| {
             let billed = billed.unwrap_or_default();
-            permit.settle(Charged {
+            permit.into_settle(Charged {
                 tokens: billed.tokens,
                 micros: billed.cost.map_or(0, |c| c.micros),
             })
         });
-        Box::pin(async move {
-            if let Some(settled) = settled {
-                settled.await;
-            }
-            if let Some(slot) = slot {
-                slot.await;
-            }
-        })
+        // With Redis: one task sends both scripts together and waits for
+        // both answers, and it runs to its end even if the response is
+        // dropped meanwhile. In memory both are done already.
+        match (settled.flatten(), slot) {
+            (None, None) => Box::pin(std::future::ready(())),
+            (Some(one), None) | (None, Some(one)) => crate::store::in_background(one),
+            (Some(settled), Some(slot)) => crate::store::in_background(Box::pin(async move {
+                futures_util::future::join(settled, slot).await;
+            })),
+        }
     }
 }
 

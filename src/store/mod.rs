@@ -85,15 +85,26 @@ impl Lease {
     /// so it completes (and the count goes down) even if the returned future
     /// is dropped, say because the client left during the last chunk.
     fn release_now(&mut self) -> BoxFuture<'static, ()> {
-        let Some(release) = self.release.take() else {
-            return Box::pin(std::future::ready(()));
-        };
+        match self.pending_release() {
+            Some(pending) => in_background(pending),
+            None => Box::pin(std::future::ready(())),
+        }
+    }
+
+    /// Gives the slot back, or returns the I/O that does (for the caller
+    /// to run as a task, maybe with other I/O: [`crate::proxy::hold`]).
+    pub fn into_release(mut self) -> Option<BoxFuture<'static, ()>> {
+        self.pending_release()
+    }
+
+    fn pending_release(&mut self) -> Option<BoxFuture<'static, ()>> {
+        let release = self.release.take()?;
         let counter = self.counter.clone();
         let Some(pending) = release.release() else {
             counter.0.fetch_sub(1, Ordering::SeqCst);
-            return Box::pin(std::future::ready(()));
+            return None;
         };
-        in_background(Box::pin(async move {
+        Some(Box::pin(async move {
             pending.await;
             counter.0.fetch_sub(1, Ordering::SeqCst);
         }))
