@@ -8,7 +8,11 @@
 # (utime + stime of all its threads) per request, and the fake's. Where the
 # CPU per request is about the whole latency, the time goes to idling and
 # waking, not to work. BENCH_STATE=redis puts the gateway's state in the
-# Redis at 127.0.0.1:6379 (a key prefix of its own). Needs wrk and python3.
+# Redis at 127.0.0.1:6379 (a key prefix of its own), and adds two peers: the
+# same gateway build with memory state (gateway_memory), and the bare proxy
+# making the two round trips the gateway's Redis path keeps on a request's
+# way (bare_redis, `BARE_REDIS_URL`): the Redis path's floor on this stack.
+# Needs wrk and python3.
 set -euo pipefail
 ROUNDS=${1:-3}
 GW=$(realpath "${2:-target/release/deepseek_proxy}")
@@ -23,8 +27,15 @@ FAKE_PID=$!
 target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare.out 2>&1 &
 BARE_PID=$!
 gateway_toml $W $P $FAKE 1
+PEERS="gateway bare"
 if [ "${BENCH_STATE:-memory}" = redis ]; then
+  mkdir $W/mem; PM=$(free_port); gateway_toml $W/mem $PM $FAKE 1
+  RUST_LOG=info $GW --config $W/mem/gw.toml >/dev/null 2>$W/mem/log &
+  MEM_PID=$!
   printf '[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379"\nkey_prefix = "c1%s:"\n' $$ >> $W/gw.toml
+  BARE_REDIS_URL=redis://127.0.0.1:6379 target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare_redis.out 2>&1 &
+  BARE_REDIS_PID=$!
+  PEERS="gateway gateway_memory bare bare_redis"
 fi
 RUST_LOG=info $GW --config $W/gw.toml >/dev/null 2>$W/log &
 GW_PID=$!
@@ -32,18 +43,34 @@ wait_healthy $P
 BARE=$(awk '/listening on/ {print $3}' $W/bare.out)
 chat_lua $W/gw.lua "http://127.0.0.1:$P" 1
 chat_lua $W/bare.lua "" 0
+if [ -n "${MEM_PID:-}" ]; then
+  wait_healthy $PM
+  chat_lua $W/mem.lua "http://127.0.0.1:$PM" 1
+  for _ in $(seq 50); do grep -q 'listening on' $W/bare_redis.out && break; sleep 0.1; done
+  BARE_REDIS=$(awk '/listening on/ {print $3}' $W/bare_redis.out)
+fi
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
-echo "round peer p50 cpu_us_per_request fake_cpu_us_per_request"
+# With perf installed, also the peer's context switches per request
+# (counted over the run, idle switches included).
+cswitches() { command -v perf >/dev/null && perf stat -e context-switches -x, -o $W/cs -p $1 -- sleep 4 2>/dev/null; }
+echo "round peer p50 cpu_us_per_request fake_cpu_us_per_request context_switches_per_request"
 for r in $(seq $ROUNDS); do
-  for peer in gateway bare; do
-    if [ $peer = gateway ]; then pid=$GW_PID; url=http://127.0.0.1:$P; lua=$W/gw.lua
-    else pid=$BARE_PID; url=$BARE; lua=$W/bare.lua; fi
+  for peer in $PEERS; do
+    case $peer in
+      gateway) pid=$GW_PID; url=http://127.0.0.1:$P; lua=$W/gw.lua ;;
+      gateway_memory) pid=$MEM_PID; url=http://127.0.0.1:$PM; lua=$W/mem.lua ;;
+      bare) pid=$BARE_PID; url=$BARE; lua=$W/bare.lua ;;
+      bare_redis) pid=$BARE_REDIS_PID; url=$BARE_REDIS; lua=$W/bare.lua ;;
+    esac
     wrk -t1 -c1 -d1s -s $lua $url >/dev/null
     c0=$(ticks $pid); f0=$(ticks $FAKE_PID)
+    rm -f $W/cs; cswitches $pid & PERF=$!
     out=$(wrk -t1 -c1 -d4s --latency -s $lua $url)
     c1=$(ticks $pid); f1=$(ticks $FAKE_PID)
+    wait $PERF || true
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     p50=$(awk '/^ +50%/ {print $2}' <<<"$out")
-    echo "$r $peer $p50 $(( (c1 - c0) * 10000 * 1000 / n / 1000 )) $(( (f1 - f0) * 10000 * 1000 / n / 1000 ))"
+    cs=$(awk -F, -v n=$n '/context-switches/ {printf "%.1f", $1 / n}' $W/cs 2>/dev/null || true)
+    echo "$r $peer $p50 $(( (c1 - c0) * 10000 * 1000 / n / 1000 )) $(( (f1 - f0) * 10000 * 1000 / n / 1000 )) ${cs:--}"
   done
 done

@@ -20,7 +20,7 @@ pub enum Part {
     Metrics,
     /// The quota and budget check (admit and settle).
     Quota,
-    /// The token's slot (acquire and release).
+    /// The token's slot (taken in `Store::enter`, and released).
     Slot,
     /// The JWT's signature and claims check (the token is then decoded
     /// without verifying it).

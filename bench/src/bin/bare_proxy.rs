@@ -6,6 +6,12 @@
 //! or `BACKLOG` (the bench's `bare-wide` peer asks for the gateway's, so
 //! that a burst of connections is all open at once in both). Prints
 //! `listening on http://ADDR` once bound.
+//!
+//! With `BARE_REDIS_URL` set, each request also makes the two Redis round
+//! trips the gateway's Redis path keeps on a request's way (BENCHMARKS.md,
+//! issue 15): a `SET NX PX` before forwarding and a `DEL` once DeepSeek's
+//! answer has come, through redis-rs's `ConnectionManager` like the
+//! gateway. That is the floor of the Redis path on this stack.
 
 use std::convert::Infallible;
 
@@ -41,6 +47,15 @@ async fn main() -> std::io::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
+    let redis = match std::env::var("BARE_REDIS_URL") {
+        Ok(url) => {
+            let client = redis::Client::open(url).map_err(std::io::Error::other)?;
+            let manager = redis::aio::ConnectionManager::new(client).await;
+            Some(manager.map_err(std::io::Error::other)?)
+        }
+        Err(_) => None,
+    };
+    let slots = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let listener = match backlog {
         None => tokio::net::TcpListener::bind(&listen).await?,
         Some(backlog) => {
@@ -59,15 +74,32 @@ async fn main() -> std::io::Result<()> {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
         let (client, upstream) = (client.clone(), upstream.clone());
+        let (redis, slots) = (redis.clone(), slots.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let (client, upstream) = (client.clone(), upstream.clone());
+                let redis = redis.clone();
+                let slot = format!(
+                    "bare:slot:{}",
+                    slots.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
                 async move {
+                    if let Some(mut redis) = redis.clone() {
+                        let mut set = redis::cmd("SET");
+                        set.arg(&slot).arg(1).arg("NX").arg("PX").arg(15_000);
+                        let _: redis::RedisResult<()> = set.query_async(&mut redis).await;
+                    }
                     let mut parts = upstream.into_parts();
                     parts.path_and_query = req.uri().path_and_query().cloned();
                     *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
                     req.headers_mut().remove(hyper::header::HOST);
-                    let response = match client.request(req).await {
+                    let answer = client.request(req).await;
+                    if let Some(mut redis) = redis {
+                        let mut del = redis::cmd("DEL");
+                        del.arg(&slot);
+                        let _: redis::RedisResult<()> = del.query_async(&mut redis).await;
+                    }
+                    let response = match answer {
                         Ok(r) => r.map(http_body_util::Either::Left),
                         Err(_) => {
                             let empty = http_body_util::Empty::<hyper::body::Bytes>::new();
