@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::access_log::{AccessLog, AccessLogLayer, X_REQUEST_ID};
-use crate::auth::{login, logout, require_token, require_token_not_busy};
+use crate::auth::{login, logout, require_token, require_token_and_claim};
 use crate::error::{ApiError, ErrorCode, ErrorMessage};
 use crate::formats::{anthropic, responses};
 use crate::state::AppState;
@@ -37,8 +37,8 @@ use crate::users::api as users;
 use crate::{admin, proxy};
 
 pub fn router(state: AppState) -> Gateway {
-    // Completions: a token that is busy here is refused with the token
-    // check, before its body is read; the slot is taken with the quotas.
+    // Completions: the token check and a claim on one of its slots here,
+    // before the body is read; the slot is taken with the quotas after it.
     let with_slot = Router::new()
         .route("/chat/completions", post(proxy::chat))
         .route("/v1/chat/completions", post(proxy::chat))
@@ -49,7 +49,7 @@ pub fn router(state: AppState) -> Gateway {
         .route("/v1/tools/fetch", post(proxy::tool_fetch))
         .route("/beta/chat/completions", post(proxy::beta_chat))
         .route("/beta/completions", post(proxy::beta_completions))
-        .route_layer(from_fn_with_state(state.clone(), require_token_not_busy));
+        .route_layer(from_fn_with_state(state.clone(), require_token_and_claim));
     let auth_required = from_fn_with_state(state.clone(), require_token);
     let protected = Router::new()
         .route("/models", get(proxy::models))

@@ -266,8 +266,8 @@ async fn at_max_connections_a_new_connection_waits_until_one_closes() {
 }
 
 async fn boom(State(state): State<AppState>) -> &'static str {
-    let _slot = match state.store.enter(7, &[7], None).await {
-        Ok(Entry::Granted { lease, .. }) => lease,
+    let _slot = match common::claim_and_enter(&*state.store, 7, &[7], None).await {
+        Entry::Granted { lease, .. } => lease,
         _ => panic!("slot 7 should be free"),
     };
     panic!("secret panic detail 5f3a");
@@ -334,9 +334,9 @@ async fn a_panicking_handler_gets_a_generic_500_and_frees_its_slot() {
         assert_eq!(body["error"]["type"], "server_error");
         assert!(body["error"]["message"].is_string());
         assert_eq!(state.store.in_flight(), 0);
-        let again = state.store.enter(7, &[7], None).await;
+        let again = common::claim_and_enter(&*state.store, 7, &[7], None).await;
         assert!(
-            matches!(again, Ok(Entry::Granted { lease: Some(_), .. })),
+            matches!(again, Entry::Granted { lease: Some(_), .. }),
             "slot 7 is free again"
         );
     }

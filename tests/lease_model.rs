@@ -13,7 +13,7 @@ use common::{runtime, store_settings};
 use deepseek_proxy::config::RedisConfig;
 use deepseek_proxy::store::memory::MemoryStore;
 use deepseek_proxy::store::redis::RedisStore;
-use deepseek_proxy::store::{Entry, Lease, Store};
+use deepseek_proxy::store::{Claimed, Entry, Lease, Store};
 use proptest::prelude::*;
 use secrecy::SecretString;
 
@@ -122,8 +122,8 @@ async fn run(harness: Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Acquire(t) => {
-                let entry = harness.store.enter(t, &[t], None).await;
-                let got = match entry.expect("store answers") {
+                let entry = common::claim_and_enter(&*harness.store, t, &[t], None).await;
+                let got = match entry {
                     Entry::Granted {
                         lease: Some(lease),
                         permit: None,
@@ -183,16 +183,20 @@ async fn run(harness: Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         for t in 0..TOKENS {
-            // This process's own note of its slots (the early 429) agrees,
-            // once a background release has landed.
-            let ours = model.ours.contains(&t);
-            for _ in 0..100 {
-                if harness.store.busy_here(&[t]) == ours {
-                    break;
+            // This process's own claims (the early 429) agree, once a
+            // background release has landed. (Memory also refuses a
+            // revoked token's claim.)
+            if !model.revoked.contains(&t) {
+                let ours = model.ours.contains(&t);
+                let busy_here = || matches!(harness.store.claim(t, vec![t]), Claimed::Busy);
+                for _ in 0..100 {
+                    if busy_here() == ours {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                prop_assert_eq!(busy_here(), ours, "busy here {}", t);
             }
-            prop_assert_eq!(harness.store.busy_here(&[t]), ours, "busy here {}", t);
             if model.stolen.contains(&t) {
                 let value = harness.key_value(t).await;
                 prop_assert_eq!(value.as_deref(), Some("another-replica"));
@@ -249,7 +253,8 @@ fn redis_store(redis: &TestRedis) -> Arc<dyn Store> {
 }
 
 /// A key with three slots, and a quota that refuses: the slot and the
-/// quotas are one step, so a refused request holds nothing.
+/// quotas are one step, so a refused request holds nothing; a claim holds
+/// its slot here until it is dropped or entered.
 async fn slots_and_quotas_enter_together(store: Arc<dyn Store>) {
     use deepseek_proxy::limits::quota::{Kind, Limits};
     use deepseek_proxy::store::Ask;
@@ -267,10 +272,11 @@ async fn slots_and_quotas_enter_together(store: Arc<dyn Store>) {
     };
     let now = deepseek_proxy::usage::calendar::now_ms();
     let slots = [100, 101, 102];
+    let busy_here = || matches!(store.claim(100, slots.to_vec()), Claimed::Busy);
     let mut held = Vec::new();
     for i in 0..3u64 {
         let quota = (i < 2).then(|| ask(now));
-        match store.enter(100, &slots, quota).await.expect("answers") {
+        match common::claim_and_enter(&*store, 100, &slots, quota).await {
             Entry::Granted {
                 lease: Some(lease),
                 permit,
@@ -280,28 +286,31 @@ async fn slots_and_quotas_enter_together(store: Arc<dyn Store>) {
             }
             _ => panic!("entry {i} of 3 is granted"),
         }
-        assert_eq!(store.busy_here(&slots), i == 2, "after entry {i}");
+        assert_eq!(busy_here(), i == 2, "after entry {i}");
     }
     assert!(matches!(
-        store.enter(100, &slots, None).await.expect("answers"),
+        common::claim_and_enter(&*store, 100, &slots, None).await,
         Entry::Busy
     ));
     let (lease, permit) = held.pop().expect("three");
     lease.release().await;
     drop(permit);
-    assert!(!store.busy_here(&slots));
+    assert!(!busy_here());
+    // A claim holds the free slot here until it is dropped.
+    let Claimed::Yes(claim) = store.claim(100, slots.to_vec()) else {
+        panic!("one slot is free");
+    };
+    assert!(busy_here());
+    drop(claim);
+    assert!(!busy_here());
     // The third request in the minute: refused, and the free slot stays free.
-    match store
-        .enter(100, &slots, Some(ask(now)))
-        .await
-        .expect("answers")
-    {
+    match common::claim_and_enter(&*store, 100, &slots, Some(ask(now))).await {
         Entry::Refused(refusal) => assert_eq!(refusal.kind, Kind::RequestsPerMinute),
         _ => panic!("refused by the requests-per-minute quota"),
     }
-    assert!(!store.busy_here(&slots));
+    assert!(!busy_here());
     assert_eq!(store.in_flight(), 2);
-    match store.enter(100, &slots, None).await.expect("answers") {
+    match common::claim_and_enter(&*store, 100, &slots, None).await {
         Entry::Granted {
             lease: Some(lease),
             permit: None,
@@ -315,10 +324,14 @@ async fn slots_and_quotas_enter_together(store: Arc<dyn Store>) {
     for (lease, _) in held {
         lease.release().await;
     }
+    // Revoked: refused, with nothing counted against the minute.
+    let later = now + 61_000;
     assert!(matches!(
-        store.enter(100, &slots, None).await.expect("answers"),
+        common::claim_and_enter(&*store, 100, &slots, Some(ask(later))).await,
         Entry::Revoked
     ));
+    let standing = store.standing("carol", later).await.expect("standing");
+    assert_eq!(standing.requests_last_minute, 0);
     assert_eq!(store.in_flight(), 0);
 }
 
@@ -340,5 +353,67 @@ fn a_refused_entry_holds_nothing_in_redis() {
             redis.keys("slot:*").await.is_empty(),
             "no lease left behind"
         );
+    });
+}
+
+/// A request that goes away while its `enter` script is in flight (the
+/// client hung up): the script may still run and take the slot, so the
+/// store deletes it again (and the running entry) rather than leave the
+/// token locked for the lease TTL.
+#[test]
+fn an_entry_dropped_in_flight_leaves_no_slot_behind() {
+    use deepseek_proxy::limits::quota::Limits;
+    use deepseek_proxy::store::Ask;
+    runtime().block_on(async {
+        let Some(redis) = TestRedis::start().await else {
+            return;
+        };
+        let store = redis_store(&redis);
+        // Warm the connection and load the script.
+        let Entry::Granted {
+            lease: Some(lease), ..
+        } = common::claim_and_enter(&*store, 1, &[1], None).await
+        else {
+            panic!("granted");
+        };
+        lease.release().await;
+        let now = deepseek_proxy::usage::calendar::now_ms();
+        for (i, wait_us) in [0u64, 20, 50, 100, 200, 400, 800].into_iter().enumerate() {
+            let t = 10 + i as u128;
+            let Claimed::Yes(claim) = store.claim(t, vec![t]) else {
+                panic!("free");
+            };
+            let ask = Ask {
+                user: "dave",
+                limits: Limits {
+                    max_concurrent: 5,
+                    ..Limits::default()
+                },
+                reserve: 0,
+                key: None,
+                reserve_micros: 0,
+                currency: "CNY",
+                now_ms: now,
+            };
+            let entering = store.enter(t, Some(claim), Some(ask));
+            let _ = tokio::time::timeout(Duration::from_micros(wait_us), entering).await;
+        }
+        let mut left = Vec::new();
+        for _ in 0..100 {
+            left = redis.keys("slot:*").await;
+            let running = store
+                .standing("dave", now)
+                .await
+                .expect("standing")
+                .in_flight;
+            if left.is_empty() && running == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(left.is_empty(), "slots left behind: {left:?}");
+        let running = store.standing("dave", now).await.expect("standing");
+        assert_eq!(running.in_flight, 0, "running entries left behind");
+        assert_eq!(store.in_flight(), 0);
     });
 }

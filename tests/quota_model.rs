@@ -176,7 +176,7 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 let got = match entering {
                     false => store.admit(ask).await.expect("store answers"),
-                    true => match store.enter(1, &[], Some(ask)).await.expect("answers") {
+                    true => match common::claim_and_enter(&*store, 1, &[], Some(ask)).await {
                         Entry::Granted {
                             lease: None,
                             permit: Some(permit),

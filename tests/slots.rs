@@ -236,3 +236,47 @@ async fn a_busy_token_is_refused_before_its_body_arrives() {
     let _ = running.bytes().await;
     assert!(app.slots_free_within(SOON).await);
 }
+
+/// A request still sending its body already holds its token's slot here:
+/// a second one is refused at once, so one token cannot have many bodies
+/// read in parallel; when the first client goes away, the slot is free.
+#[tokio::test]
+async fn a_token_whose_body_is_still_arriving_is_busy() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let token = app.token(ADMIN).await;
+    let mut raw = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{\"model\":"
+    );
+    raw.write_all(head.as_bytes()).await.expect("write");
+    let mut refused = false;
+    for _ in 0..50 {
+        let second = app.chat(&token, &chat_body(false)).await;
+        if second.status() == 429 {
+            assert_eq!(error_code(second).await, "token_busy");
+            refused = true;
+            break;
+        }
+        // The first request's headers may not have been read yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused,
+        "the second request is refused while the first uploads"
+    );
+    drop(raw);
+    let mut answered = false;
+    for _ in 0..50 {
+        let again = app.chat(&token, &chat_body(false)).await;
+        if again.status() == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "the slot is free once the first client left");
+}

@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Anthropic's SDKs send the key here.
 pub const X_API_KEY: &str = "x-api-key";
@@ -18,6 +18,7 @@ use crate::ablation::{self, Part};
 use crate::access_log::RequestLog;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::{Claim, Claimed};
 use crate::users::{keys, Account, ApiKey};
 
 /// Who is calling: the verified claims of a login token, or a personal
@@ -61,41 +62,78 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         if token.key.is_none() && state.store.is_revoked(token.token_id).await? {
             return Err(ApiError::InvalidToken);
         }
-        Ok(token)
+        Ok((token, None))
     };
     admit(checked.await, req, next).await
 }
 
-/// For completion routes: a valid token whose slots this process does not
-/// all hold already, so a second request is refused before its body is
-/// read. The slot itself, the revocation check and the quotas are one call
-/// to the store once the body is read ([`crate::store::Store::enter`]: one
-/// round trip with Redis).
-pub async fn require_token_not_busy(
+/// For completion routes: a valid token, and its claim on one of its slots
+/// in this process ([`crate::store::Store::claim`], no I/O), so a request
+/// whose token is busy here is refused before its body is read. The slot
+/// itself, the revocation check and the quotas are then one call to the
+/// store once the body is read ([`crate::store::Store::enter`]: one round
+/// trip with Redis).
+pub async fn require_token_and_claim(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
     let checked = authenticate(&state, req.headers()).and_then(|token| {
-        if !ablation::off(Part::Slot) && state.store.busy_here(&token.slots()) {
-            return Err(ApiError::TokenBusy);
+        if ablation::off(Part::Slot) {
+            return Ok((token, None));
         }
-        Ok(token)
+        match state.store.claim(token.token_id, token.slots()) {
+            Claimed::Yes(claim) => Ok((token, Some(claim))),
+            Claimed::Busy => Err(ApiError::TokenBusy),
+            Claimed::Revoked => Err(ApiError::InvalidToken),
+        }
     });
     admit(checked, req, next).await
 }
 
-/// Lets an authenticated request through, or answers the error.
-async fn admit(checked: Result<AuthToken, ApiError>, mut req: Request, next: Next) -> Response {
-    let token = match checked {
-        Ok(token) => token,
+/// Lets an authenticated request through (with its claim, if it took one),
+/// or answers the error.
+async fn admit(
+    checked: Result<(AuthToken, Option<Claim>), ApiError>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let (token, claim) = match checked {
+        Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
     if let Some(log) = req.extensions().get::<RequestLog>() {
         log.set_user(&token.account.username, token.key.as_ref().map(|k| &k.id));
     }
     req.extensions_mut().insert(token);
+    if let Some(claim) = claim {
+        req.extensions_mut()
+            .insert(SlotClaim(Arc::new(Mutex::new(Some(claim)))));
+    }
     next.run(req).await
+}
+
+/// The claim [`require_token_and_claim`] took. Extensions must be `Clone`,
+/// hence the shared cell; the handler takes the claim out of it.
+#[derive(Clone)]
+pub struct SlotClaim(Arc<Mutex<Option<Claim>>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SlotClaim {
+    type Rejection = std::convert::Infallible;
+
+    /// A request with no claim (the slot ablation) gets an empty one.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .remove::<SlotClaim>()
+            .unwrap_or_else(|| SlotClaim(Arc::new(Mutex::new(None)))))
+    }
+}
+
+impl SlotClaim {
+    pub fn take(self) -> Option<Claim> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Checks the token itself (a key's hash, or a JWT's signature and claims)

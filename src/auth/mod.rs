@@ -14,4 +14,4 @@ pub mod revocation;
 pub mod throttle;
 
 pub use login::{login, logout};
-pub use middleware::{require_token, require_token_not_busy, AuthToken};
+pub use middleware::{require_token, require_token_and_claim, AuthToken, SlotClaim};

@@ -25,11 +25,6 @@ impl Slots {
         })
     }
 
-    /// Whether the slot of `token_id` is taken now.
-    pub fn is_taken(&self, token_id: u128) -> bool {
-        self.lock().contains(&token_id)
-    }
-
     /// How many slots are taken now.
     pub fn in_flight(&self) -> usize {
         self.lock().len()

@@ -121,7 +121,6 @@ impl Hold {
     ) -> BoxFuture<'static, ()> {
         self.active = None;
         self.place = None;
-        let slot = self.slot.take().and_then(Lease::into_release);
         let billed = self.bill.take().map(|bill| {
             let billed = bill.finish(usage, estimated_completion);
             bill.log.set_billed(billed);
@@ -136,7 +135,9 @@ impl Hold {
         });
         // With Redis: one task sends both scripts together and waits for
         // both answers, and it runs to its end even if the response is
-        // dropped meanwhile. In memory both are done already.
+        // dropped meanwhile. In memory both are done already. (Taken last,
+        // next to the spawn: nothing in between can panic and lose it.)
+        let slot = self.slot.take().and_then(Lease::into_release);
         match (settled.flatten(), slot) {
             (None, None) => Box::pin(std::future::ready(())),
             (Some(one), None) | (None, Some(one)) => crate::store::in_background(one),

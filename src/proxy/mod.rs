@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::ablation::{self, Part};
 use crate::access_log::{RequestId, RequestLog, Requested};
 use crate::admin::AdminToken;
-use crate::auth::AuthToken;
+use crate::auth::{AuthToken, SlotClaim};
 use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::limits::quota::Ask;
@@ -79,10 +79,11 @@ macro_rules! slot_route {
         #[$doc]
         pub async fn $name(
             token: AuthToken,
+            claim: SlotClaim,
             cx: Context,
             body: Body,
         ) -> Result<Response, ApiError> {
-            completion($route, token, cx, body).await
+            completion($route, token, claim, cx, body).await
         }
     )*};
 }
@@ -148,9 +149,16 @@ pub async fn count_tokens(token: AuthToken, cx: Context, body: Body) -> Result<R
 async fn completion(
     route: Route,
     token: AuthToken,
+    claim: SlotClaim,
     cx: Context,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Held from before the body was read (a busy token was refused then);
+    // dropped on any way out until `enter` turns it into the slot.
+    let claim = claim.take();
+    if claim.is_none() && !ablation::off(Part::Slot) {
+        return Err(ApiError::Internal);
+    }
     let mut hold = Hold::default();
     let result = async {
         let state = &cx.state;
@@ -211,12 +219,8 @@ async fn completion(
             ));
         }
         // The slot and the quotas in one step (one round trip with Redis).
-        let slots = match ablation::off(Part::Slot) {
-            true => Vec::new(),
-            false => token.slots(),
-        };
         let ask = (ask.is_limited() && !ablation::off(Part::Quota)).then_some(ask);
-        match state.store.enter(token.token_id, &slots, ask).await? {
+        match state.store.enter(token.token_id, claim, ask).await? {
             Entry::Granted { lease, permit } => {
                 hold.slot = lease;
                 hold.charge = permit;

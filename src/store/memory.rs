@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use futures_util::future::{ready, BoxFuture, FutureExt};
 
 use super::{
-    Admission, Ask, Entry, InFlight, Issued, Lease, Release, Seeds, Standing, Store, StoreResult,
-    StoreSettings,
+    Admission, Ask, Claim, Claimed, Entry, InFlight, Issued, Lease, Release, Seeds, Standing,
+    Store, StoreResult, StoreSettings,
 };
 use crate::auth::jwt::unix_now;
 use crate::auth::login_cache::LoginCache;
@@ -44,18 +44,12 @@ impl MemoryStore {
         }
     }
 
-    fn enter_now(&self, token_id: u128, slots: &[u128], ask: Option<Ask<'_>>) -> Entry {
+    fn enter_now(&self, token_id: u128, claim: Option<Claim>, ask: Option<Ask<'_>>) -> Entry {
+        // The claim is the slot itself (dropped on a refusal: free at once).
         if self.revocations.is_revoked(token_id) {
             return Entry::Revoked;
         }
-        let lease = match slots {
-            [] => None,
-            _ => match slots.iter().find_map(|&slot| self.slots.try_acquire(slot)) {
-                Some(guard) => Some(Lease::new(guard, &self.in_flight)),
-                None => return Entry::Busy,
-            },
-        };
-        // A refusal drops the lease: the slot is free again at once.
+        let lease = claim.map(|claim| Lease::new(claim.guard, &self.in_flight));
         let permit = match ask.map(|ask| self.quotas.admit(ask)) {
             None => None,
             Some(Admission::Granted(permit)) => Some(permit),
@@ -82,17 +76,23 @@ impl Store for MemoryStore {
         false
     }
 
+    fn claim(&self, token_id: u128, slots: Vec<u128>) -> Claimed {
+        if self.revocations.is_revoked(token_id) {
+            return Claimed::Revoked;
+        }
+        match super::claim_first(&self.slots, slots) {
+            Some(claim) => Claimed::Yes(claim),
+            None => Claimed::Busy,
+        }
+    }
+
     fn enter<'a>(
         &'a self,
         token_id: u128,
-        slots: &'a [u128],
+        claim: Option<Claim>,
         ask: Option<Ask<'a>>,
     ) -> BoxFuture<'a, StoreResult<Entry>> {
-        ready(Ok(self.enter_now(token_id, slots, ask))).boxed()
-    }
-
-    fn busy_here(&self, slots: &[u128]) -> bool {
-        !slots.is_empty() && slots.iter().all(|&slot| self.slots.is_taken(slot))
+        ready(Ok(self.enter_now(token_id, claim, ask))).boxed()
     }
 
     fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>> {

@@ -24,6 +24,7 @@ use futures_util::future::BoxFuture;
 pub use crate::auth::login_cache::Issued;
 use crate::config::{StateBackend, StateConfig};
 pub use crate::limits::quota::{Admission, Ask, Permit, Refusal, Seeds, Standing};
+use crate::limits::{SlotGuard, Slots};
 
 /// The backend did not answer (in time). Requests that need it get 503.
 #[derive(Debug)]
@@ -36,6 +37,27 @@ impl std::fmt::Display for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A request's hold on one of its token's slots in this process, taken
+/// with no I/O before its body is read ([`Store::claim`]), so one token has
+/// at most as many requests past its headers here as it has slots.
+/// [`Store::enter`] turns it into the slot itself; dropping it frees it.
+pub struct Claim {
+    /// All the token's slots (with Redis, `enter` takes the first free one
+    /// across replicas).
+    slots: Vec<u128>,
+    guard: SlotGuard,
+}
+
+/// The answer to "may this request read its body?" ([`Store::claim`]).
+pub enum Claimed {
+    Yes(Claim),
+    /// Every slot of the token (or key) has a request here already.
+    Busy,
+    /// The token was logged out (as far as this process can tell: with
+    /// Redis, [`Store::enter`] tells).
+    Revoked,
+}
 
 /// The answer to "may this request start?" ([`Store::enter`]).
 pub enum Entry {
@@ -139,6 +161,12 @@ impl std::fmt::Debug for Lease {
     }
 }
 
+/// The first of `slots` that `held` does not have, as a [`Claim`].
+fn claim_first(held: &Slots, slots: Vec<u128>) -> Option<Claim> {
+    let guard = slots.iter().find_map(|&slot| held.try_acquire(slot))?;
+    Some(Claim { slots, guard })
+}
+
 /// How many leases this process holds now.
 #[derive(Clone, Default, Debug)]
 pub struct InFlight(Arc<AtomicUsize>);
@@ -151,22 +179,23 @@ impl InFlight {
 
 /// Shared state behind one seam. Every method is one round trip at most.
 pub trait Store: Send + Sync {
+    /// Before the body, with no I/O: takes the first of `slots` that no
+    /// request of this process holds, unless `token_id` is known here to be
+    /// revoked. Memory: that is the slot itself. Redis: this process's note
+    /// of it; another replica's requests and revocations show at
+    /// [`Store::enter`].
+    fn claim(&self, token_id: u128, slots: Vec<u128>) -> Claimed;
+
     /// Starts a request, in one atomic step (one round trip with Redis):
-    /// checks that `token_id` is not revoked, takes the first free of
-    /// `slots` (none if empty), and admits `ask` under its user's quotas
-    /// (if given). Nothing is taken unless all of it is granted.
+    /// checks that `token_id` is not revoked, turns `claim` into a slot
+    /// (none if `None`), and admits `ask` under its user's quotas (if
+    /// given). Nothing is taken unless all of it is granted.
     fn enter<'a>(
         &'a self,
         token_id: u128,
-        slots: &'a [u128],
+        claim: Option<Claim>,
         ask: Option<Ask<'a>>,
     ) -> BoxFuture<'a, StoreResult<Entry>>;
-
-    /// Whether requests of this process hold every one of `slots` now: a
-    /// busy token is then refused before its body is read, with no I/O.
-    /// [`Store::enter`] has the last word (with Redis, another replica's
-    /// requests show only there).
-    fn busy_here(&self, slots: &[u128]) -> bool;
 
     /// Whether the token was logged out (for routes that take no slot).
     fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>>;

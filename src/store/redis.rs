@@ -1,10 +1,14 @@
 //! Shared state in Redis, so several replicas behave as one gateway.
 //!
-//! * **Slot = lease.** `SET slot:<jti> <owner> NX PX <ttl>` (in a script
-//!   that first checks the token is not revoked: one round trip), renewed
-//!   every ttl/3 while the request runs, released with a compare-and-delete
-//!   so a replica never frees another's lease. If a replica dies mid-stream,
-//!   its lease expires within `lease_ttl_seconds`.
+//! * **Slot = lease.** `SET slot:<jti> <owner> PX <ttl>` in the `enter`
+//!   script, which first checks the token is not revoked and picks the
+//!   first free slot, and then admits the request under its user's quotas:
+//!   one round trip, all or nothing. Renewed every ttl/3 while the request
+//!   runs, released with a compare-and-delete so a replica never frees
+//!   another's lease. If a replica dies mid-stream, its lease expires
+//!   within `lease_ttl_seconds`. Each process also notes the slots its own
+//!   requests hold or have claimed (before their body), so those are
+//!   refused there with no round trip.
 //! * **Login cache.** The first replica to log a user in stores its token
 //!   with `SET NX`-like atomicity (a script: return the cached value, or set
 //!   ours); every concurrent login on any replica then gets that token. The
@@ -33,9 +37,10 @@ use redis::{Client, Script};
 use secrecy::ExposeSecret;
 
 use super::{
-    Admission, Ask, Entry, InFlight, Issued, Lease, Release, Standing, Store, StoreError,
-    StoreResult, StoreSettings,
+    Admission, Ask, Claim, Claimed, Entry, InFlight, Issued, Lease, Release, Standing, Store,
+    StoreError, StoreResult, StoreSettings,
 };
+use crate::auth::revocation::Revocations;
 use crate::config::RedisConfig;
 use crate::limits::quota::{self, Charged, Permit, Refusal, Seeds, Settle};
 use crate::limits::{SlotGuard, Slots};
@@ -208,8 +213,12 @@ pub struct RedisStore {
     scripts: std::sync::Arc<Scripts>,
     renewals: std::sync::Arc<Renewals>,
     in_flight: InFlight,
-    /// The slots this process's requests hold (for [`Store::busy_here`]).
+    /// The slots this process's requests hold or have claimed
+    /// ([`Store::claim`]).
     local: Slots,
+    /// The tokens logged out through this process, so their next request
+    /// here is refused before its body (others' show at `enter`).
+    revoked_here: Revocations,
 }
 
 /// A lease's or a permit's owner: unique across replicas (a random 64-bit
@@ -288,6 +297,7 @@ impl RedisStore {
             renewals,
             in_flight: InFlight::default(),
             local: Slots::default(),
+            revoked_here: Revocations::default(),
         })
     }
 
@@ -547,6 +557,48 @@ fn unexpected() -> StoreError {
     StoreError("unexpected answer from a quota script".into())
 }
 
+/// What an `enter` script in flight may take: deleted in the background
+/// (if still this request's) when its answer is lost or the request is
+/// dropped before the answer came, so neither leaves the token locked for
+/// the lease TTL nor the user's place among their running requests taken.
+/// (Reservations it may have counted stay: the error is on the side of not
+/// overspending.)
+struct Undo {
+    slots: Vec<String>,
+    running: Option<String>,
+    owner: String,
+    conn: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+    timeout: Duration,
+    armed: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (slots, running) = (std::mem::take(&mut self.slots), self.running.take());
+        let owner = std::mem::take(&mut self.owner);
+        let (conn, scripts, timeout) = (self.conn.clone(), self.scripts.clone(), self.timeout);
+        let undo = async move {
+            for slot in &slots {
+                let (keys, args) = ([slot.as_str()], [owner.as_str()]);
+                let _ = bounded::<i64>(timeout, conn.clone(), &scripts.release, &keys, &args).await;
+            }
+            if let Some(running) = running {
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(running).arg(&owner);
+                let mut conn = conn;
+                let _ = tokio::time::timeout(timeout, zrem.query_async::<i64>(&mut conn)).await;
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(undo);
+        }
+    }
+}
+
 /// A Redis quota permit: its running entry is renewed like a lease, so a
 /// replica that dies mid-request frees the user's place within the lease
 /// TTL. (Its token reservation then stays counted until the day ends: the
@@ -645,14 +697,25 @@ impl Store for RedisStore {
         true
     }
 
+    fn claim(&self, token_id: u128, slots: Vec<u128>) -> Claimed {
+        if self.revoked_here.is_revoked(token_id) {
+            return Claimed::Revoked;
+        }
+        match super::claim_first(&self.local, slots) {
+            Some(claim) => Claimed::Yes(claim),
+            None => Claimed::Busy,
+        }
+    }
+
     fn enter<'a>(
         &'a self,
         token_id: u128,
-        slots: &'a [u128],
+        claim: Option<Claim>,
         ask: Option<Ask<'a>>,
     ) -> BoxFuture<'a, StoreResult<Entry>> {
         async move {
             let owner = new_owner();
+            let slots = claim.as_ref().map_or(&[][..], |c| &c.slots[..]);
             let mut keys = Vec::with_capacity(1 + slots.len() + 5);
             keys.push(self.key("revoked", format_args!("{token_id:032x}")));
             keys.extend(
@@ -665,42 +728,30 @@ impl Store for RedisStore {
                 self.lease_ttl.as_millis().to_string(),
                 slots.len().to_string(),
             ];
+            let n = slots.len();
             if let Some(ask) = &ask {
                 let (quota_keys, quota_args) = self.admission(ask, &owner);
                 keys.extend(quota_keys);
                 args.extend(quota_args);
             }
+            // Until the answer is read, what the script may take is undone
+            // if the answer is lost or the request goes away meanwhile.
+            let mut undo = Undo {
+                slots: keys[1..=n].to_vec(),
+                running: ask
+                    .as_ref()
+                    .filter(|ask| ask.limits.max_concurrent > 0)
+                    .map(|_| keys[n + 2].clone()),
+                owner: owner.clone(),
+                conn: self.conn.clone(),
+                scripts: self.scripts.clone(),
+                timeout: self.timeout,
+                armed: true,
+            };
             let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
             let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            let answer: Vec<i64> = match self.run(&self.scripts.enter, &key_refs, &arg_refs).await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    // The script may have run even though its answer was
-                    // lost: delete the lease if it is ours, so a failed
-                    // entry never leaves the token locked for the TTL. (A
-                    // running entry it may have counted expires by the
-                    // lease TTL; reservations stay counted: the error is on
-                    // the side of not overspending.)
-                    let (conn, scripts, timeout) =
-                        (self.conn.clone(), self.scripts.clone(), self.timeout);
-                    let mut slot_keys = keys.split_off(1);
-                    slot_keys.truncate(slots.len());
-                    tokio::spawn(async move {
-                        for slot in &slot_keys {
-                            let (keys, args) = ([slot.as_str()], [owner.as_str()]);
-                            let _ = bounded::<i64>(
-                                timeout,
-                                conn.clone(),
-                                &scripts.release,
-                                &keys,
-                                &args,
-                            )
-                            .await;
-                        }
-                    });
-                    return Err(e);
-                }
-            };
+            let answer: Vec<i64> = self.run(&self.scripts.enter, &key_refs, &arg_refs).await?;
+            undo.armed = false;
             match answer.as_slice() {
                 [-1] => return Ok(Entry::Revoked),
                 [-2] => return Ok(Entry::Busy),
@@ -712,20 +763,19 @@ impl Store for RedisStore {
             }
             // KEYS[i] (from 1) is the slot taken, i > 1; 0 if none was asked.
             let taken = usize::try_from(answer[1]).unwrap_or(0);
-            let lease = match taken.checked_sub(2).and_then(|i| slots.get(i)) {
-                Some(&slot) => {
-                    let local = self.local.try_acquire(slot);
+            let lease = match (claim, taken) {
+                (None, 0) => None,
+                (Some(claim), 2..) if taken - 2 < n => {
                     let key = std::mem::take(&mut keys[taken - 1]);
-                    let lease = self.lease(key, owner.clone(), local);
+                    let lease = self.lease(key, owner.clone(), Some(claim.guard));
                     Some(Lease::new(lease, &self.in_flight))
                 }
-                None if slots.is_empty() => None,
-                None => return Err(unexpected()),
+                _ => return Err(unexpected()),
             };
             let permit = match ask {
                 Some(ask) => {
-                    let quota_keys = <[String; 5]>::try_from(keys.split_off(1 + slots.len()))
-                        .map_err(|_| unexpected())?;
+                    let quota_keys =
+                        <[String; 5]>::try_from(keys.split_off(1 + n)).map_err(|_| unexpected())?;
                     Some(self.permit(&ask, quota_keys, owner))
                 }
                 None => None,
@@ -733,10 +783,6 @@ impl Store for RedisStore {
             Ok(Entry::Granted { lease, permit })
         }
         .boxed()
-    }
-
-    fn busy_here(&self, slots: &[u128]) -> bool {
-        !slots.is_empty() && slots.iter().all(|&slot| self.local.is_taken(slot))
     }
 
     fn is_revoked(&self, token_id: u128) -> BoxFuture<'_, StoreResult<bool>> {
@@ -761,8 +807,10 @@ impl Store for RedisStore {
             let login = self.key("login", login_key(user));
             let ttl_ms = (exp * 1000).saturating_sub(now_ms()).max(1).to_string();
             self.run::<i64>(&self.scripts.revoke, &[&revoked, &login], &[&ttl_ms, &jti])
-                .await
-                .map(drop)
+                .await?;
+            let now = crate::auth::jwt::unix_now();
+            self.revoked_here.revoke(token_id, exp, now);
+            Ok(())
         }
         .boxed()
     }

@@ -76,6 +76,33 @@ pub fn store_settings() -> deepseek_proxy::store::StoreSettings {
     }
 }
 
+/// What a completion request does around reading its body: claims one of
+/// `slots` here ([`Store::claim`]; none if `slots` is empty), then enters
+/// ([`Store::enter`]).
+///
+/// [`Store::claim`]: deepseek_proxy::store::Store::claim
+/// [`Store::enter`]: deepseek_proxy::store::Store::enter
+pub async fn claim_and_enter(
+    store: &dyn deepseek_proxy::store::Store,
+    token_id: u128,
+    slots: &[u128],
+    ask: Option<deepseek_proxy::store::Ask<'_>>,
+) -> deepseek_proxy::store::Entry {
+    use deepseek_proxy::store::{Claimed, Entry};
+    let claim = match slots {
+        [] => None,
+        _ => match store.claim(token_id, slots.to_vec()) {
+            Claimed::Yes(claim) => Some(claim),
+            Claimed::Busy => return Entry::Busy,
+            Claimed::Revoked => return Entry::Revoked,
+        },
+    };
+    store
+        .enter(token_id, claim, ask)
+        .await
+        .expect("the store answers")
+}
+
 /// A two-worker runtime for proptests that block on async code.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
