@@ -288,3 +288,91 @@ proptest! {
         })?;
     }
 }
+
+/// A request whose day (or month) ended while it ran settles against a
+/// counter that has expired: that counter is not made anew (it would have no
+/// TTL and live forever), whether the request was charged more than it
+/// reserved or less. A counter that does exist keeps its TTL.
+#[test]
+fn a_settlement_never_remakes_an_expired_counter() {
+    runtime().block_on(async {
+        let Some(redis) = TestRedis::start().await else {
+            return;
+        };
+        let config = RedisConfig {
+            url: SecretString::from(redis.url.clone()),
+            key_prefix: redis.prefix.clone(),
+            lease_ttl: Duration::from_secs(30),
+            timeout: Duration::from_millis(500),
+        };
+        let store = RedisStore::new(&config, store_settings()).expect("store");
+        let ask = |reserve: u64| Ask {
+            user: "alice",
+            limits: LIMITS,
+            reserve,
+            key: None,
+            reserve_micros: reserve * MICROS_PER_TOKEN,
+            currency: "CNY",
+            now_ms: START_MS,
+        };
+        let granted = |admission| match admission {
+            Admission::Granted(permit) => permit,
+            Admission::Refused(r) => panic!("refused: {r:?}"),
+        };
+        let mut conn = redis.connection().await.expect("redis connection");
+        let counters = ["quota:tokens:*", "quota:spend:*"];
+
+        // Both counters are made by the admission, each with a TTL.
+        let first = granted(store.admit(ask(100)).await.expect("store answers"));
+        for pattern in counters {
+            let keys = redis.keys(pattern).await;
+            assert_eq!(keys.len(), 1, "{pattern}");
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&keys[0])
+                .query_async(&mut conn)
+                .await
+                .expect("pttl");
+            assert!(ttl > 0, "{pattern} has no TTL: {ttl}");
+        }
+        // They expire (a new day and month) before the request settles:
+        // charged more tokens than it reserved, and fewer micro-units.
+        for pattern in counters {
+            for key in redis.keys(pattern).await {
+                let _: i64 = redis::cmd("DEL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("del");
+            }
+        }
+        first
+            .settle(Charged {
+                tokens: 150,
+                micros: 10,
+            })
+            .await;
+        for pattern in counters {
+            assert_eq!(redis.keys(pattern).await, Vec::<String>::new(), "{pattern}");
+        }
+
+        // A counter that is there is settled, and keeps its TTL.
+        let second = granted(store.admit(ask(100)).await.expect("store answers"));
+        second
+            .settle(Charged {
+                tokens: 40,
+                micros: 40 * MICROS_PER_TOKEN,
+            })
+            .await;
+        let standing = store.standing("alice", START_MS).await.expect("standing");
+        assert_eq!((standing.tokens_today, standing.spent_month), (40, 120));
+        for pattern in counters {
+            let keys = redis.keys(pattern).await;
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&keys[0])
+                .query_async(&mut conn)
+                .await
+                .expect("pttl");
+            assert!(ttl > 0, "{pattern} lost its TTL: {ttl}");
+        }
+    });
+}
