@@ -27,6 +27,9 @@ enum Op {
     /// Drop the lease (a client that vanished): freed in the background.
     Drop(u128),
     Revoke(u128),
+    /// Logged out through another replica: this process learns it only
+    /// from the `enter` script.
+    RevokeElsewhere(u128),
     /// Another replica holds the key now (ours expired and it took it).
     Steal(u128),
     /// The other replica's lease expires.
@@ -44,6 +47,7 @@ fn op(redis: bool) -> impl Strategy<Value = Op> {
     if redis {
         prop_oneof![
             9 => common,
+            1 => t.clone().prop_map(Op::RevokeElsewhere),
             1 => t.clone().prop_map(Op::Steal),
             1 => t.prop_map(Op::Expire),
         ]
@@ -57,14 +61,23 @@ fn op(redis: bool) -> impl Strategy<Value = Op> {
 struct Model {
     ours: HashSet<u128>,
     stolen: HashSet<u128>,
+    /// Logged out through this process.
     revoked: HashSet<u128>,
+    revoked_elsewhere: HashSet<u128>,
 }
 
 impl Model {
+    /// A logout through this process is known before the body; this
+    /// process's own slots next; then, in one script, a logout through
+    /// another replica and another replica's slot.
     fn acquire(&mut self, t: u128) -> &'static str {
         if self.revoked.contains(&t) {
             "revoked"
-        } else if self.ours.contains(&t) || self.stolen.contains(&t) {
+        } else if self.ours.contains(&t) {
+            "busy"
+        } else if self.revoked_elsewhere.contains(&t) {
+            "revoked"
+        } else if self.stolen.contains(&t) {
             "busy"
         } else {
             self.ours.insert(t);
@@ -76,6 +89,8 @@ impl Model {
 struct Harness {
     store: Arc<dyn Store>,
     redis: Option<(TestRedis, String)>,
+    /// Another replica on the same Redis.
+    other: Option<Arc<dyn Store>>,
 }
 
 impl Harness {
@@ -166,6 +181,12 @@ async fn run(harness: Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 harness.store.revoke("user", t, exp).await.expect("revoke");
                 model.revoked.insert(t);
             }
+            Op::RevokeElsewhere(t) => {
+                let exp = deepseek_proxy::auth::jwt::unix_now() + 60;
+                let other = harness.other.as_ref().expect("another replica");
+                other.revoke("user", t, exp).await.expect("revoke");
+                model.revoked_elsewhere.insert(t);
+            }
             Op::Steal(t) => {
                 harness.set_key(t, Some("another-replica")).await;
                 model.stolen.insert(t);
@@ -226,9 +247,9 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let Some(redis) = TestRedis::start().await else { return Ok(()) };
-            let store = redis_store(&redis);
+            let (store, other) = (redis_store(&redis), Some(redis_store(&redis)));
             let prefix = redis.prefix.clone();
-            run(Harness { store, redis: Some((redis, prefix)) }, ops).await
+            run(Harness { store, redis: Some((redis, prefix)), other }, ops).await
         })?;
     }
 
@@ -237,7 +258,7 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new(store_settings()));
-            run(Harness { store, redis: None }, ops).await
+            run(Harness { store, redis: None, other: None }, ops).await
         })?;
     }
 }
@@ -317,22 +338,32 @@ async fn slots_and_quotas_enter_together(store: Arc<dyn Store>) {
         } => held.push((lease, None)),
         _ => panic!("the slot a refusal left free is granted"),
     }
+    for (lease, _) in held {
+        lease.release().await;
+    }
+    // Logged out while its body was arriving (after its claim): `enter`
+    // refuses it (with Redis, the script), with nothing counted against the
+    // minute and no slot taken; its next claim is refused at once.
+    let later = now + 61_000;
+    let Claimed::Yes(claim) = store.claim(100, slots.to_vec()) else {
+        panic!("every slot is free");
+    };
     store
         .revoke("carol", 100, deepseek_proxy::auth::jwt::unix_now() + 60)
         .await
         .expect("revoke");
-    for (lease, _) in held {
-        lease.release().await;
-    }
-    // Revoked: refused, with nothing counted against the minute.
-    let later = now + 61_000;
     assert!(matches!(
-        common::claim_and_enter(&*store, 100, &slots, Some(ask(later))).await,
+        store
+            .enter(100, Some(claim), Some(ask(later)))
+            .await
+            .expect("the store answers"),
         Entry::Revoked
     ));
     let standing = store.standing("carol", later).await.expect("standing");
     assert_eq!(standing.requests_last_minute, 0);
     assert_eq!(store.in_flight(), 0);
+    assert!(!busy_here());
+    assert!(matches!(store.claim(100, slots.to_vec()), Claimed::Revoked));
 }
 
 #[test]
@@ -357,15 +388,19 @@ fn a_refused_entry_holds_nothing_in_redis() {
 }
 
 /// A request that goes away while its `enter` script is in flight (the
-/// client hung up): the script may still run and take the slot, so the
-/// store deletes it again (and the running entry) rather than leave the
-/// token locked for the lease TTL.
+/// client hung up): the script still runs and takes the slot, so the store
+/// deletes it again (and the running entry) rather than leave the token
+/// locked for the lease TTL. Until then this process still counts the slot
+/// as taken, so a retry is not let in to find its own last try there.
+/// Redis is paused for writes (its own server, so no other test waits)
+/// while the request goes away: the script is sent and not yet run.
 #[test]
 fn an_entry_dropped_in_flight_leaves_no_slot_behind() {
     use deepseek_proxy::limits::quota::Limits;
     use deepseek_proxy::store::Ask;
     runtime().block_on(async {
-        let Some(redis) = TestRedis::start().await else {
+        let prefix = format!("test-{}:", common::random_hex());
+        let Some(redis) = TestRedis::own(prefix).await else {
             return;
         };
         let store = redis_store(&redis);
@@ -378,42 +413,62 @@ fn an_entry_dropped_in_flight_leaves_no_slot_behind() {
         };
         lease.release().await;
         let now = deepseek_proxy::usage::calendar::now_ms();
-        for (i, wait_us) in [0u64, 20, 50, 100, 200, 400, 800].into_iter().enumerate() {
-            let t = 10 + i as u128;
-            let Claimed::Yes(claim) = store.claim(t, vec![t]) else {
-                panic!("free");
-            };
-            let ask = Ask {
-                user: "dave",
-                limits: Limits {
-                    max_concurrent: 5,
-                    ..Limits::default()
-                },
-                reserve: 0,
-                key: None,
-                reserve_micros: 0,
-                currency: "CNY",
-                now_ms: now,
-            };
-            let entering = store.enter(t, Some(claim), Some(ask));
-            let _ = tokio::time::timeout(Duration::from_micros(wait_us), entering).await;
-        }
+        let ask = Ask {
+            user: "dave",
+            limits: Limits {
+                max_concurrent: 5,
+                ..Limits::default()
+            },
+            reserve: 0,
+            key: None,
+            reserve_micros: 0,
+            currency: "CNY",
+            now_ms: now,
+        };
+        let mut pause = redis.connection().await.expect("redis connection");
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(400)
+            .arg("WRITE")
+            .query_async(&mut pause)
+            .await
+            .expect("client pause");
+        let paused = std::time::Instant::now();
+        let Claimed::Yes(claim) = store.claim(7, vec![7]) else {
+            panic!("free");
+        };
+        let entering = store.enter(7, Some(claim), Some(ask));
+        let gone = tokio::time::timeout(Duration::from_millis(100), entering).await;
+        assert!(gone.is_err(), "the script waits for the pause");
+        assert!(
+            matches!(store.claim(7, vec![7]), Claimed::Busy),
+            "the slot counts as taken here until it is deleted"
+        );
+        assert!(
+            paused.elapsed() < Duration::from_millis(400),
+            "still paused"
+        );
         let mut left = Vec::new();
-        for _ in 0..100 {
+        let mut running = u64::MAX;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if paused.elapsed() < Duration::from_millis(450) {
+                continue;
+            }
             left = redis.keys("slot:*").await;
-            let running = store
+            running = store
                 .standing("dave", now)
                 .await
                 .expect("standing")
                 .in_flight;
-            if left.is_empty() && running == 0 {
+            if left.is_empty() && running == 0 && !matches!(store.claim(7, vec![7]), Claimed::Busy)
+            {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(left.is_empty(), "slots left behind: {left:?}");
-        let running = store.standing("dave", now).await.expect("standing");
-        assert_eq!(running.in_flight, 0, "running entries left behind");
+        assert_eq!(running, 0, "running entries left behind");
+        assert!(matches!(store.claim(7, vec![7]), Claimed::Yes(_)));
         assert_eq!(store.in_flight(), 0);
     });
 }

@@ -94,6 +94,7 @@ const ADMIT: &str = "local function admit(K, A) \
 
 struct Scripts {
     enter: Script,
+    undo: Script,
     renew: Script,
     release: Script,
     login: Script,
@@ -170,6 +171,16 @@ impl Scripts {
                  if slot > 0 then redis.call('SET', KEYS[slot], ARGV[1], 'PX', ARGV[2]) end \
                  return {{0, slot}}"
             )),
+            // KEYS: the slots an `enter` may have taken, then its running
+            // entry's zset if ARGV[2] is 1. ARGV: owner, 1/0. Deletes each
+            // slot that is still the owner's and the owner's running entry.
+            undo: Script::new(
+                "local last = #KEYS \
+                 if ARGV[2] == '1' then redis.call('ZREM', KEYS[last], ARGV[1]) last = last - 1 end \
+                 for i = 1, last do \
+                 if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end end \
+                 return 1",
+            ),
             // KEYS: running. ARGV: owner, new expiry ms, ttl_ms.
             renew_running: Script::new(
                 "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end \
@@ -558,15 +569,20 @@ fn unexpected() -> StoreError {
 }
 
 /// What an `enter` script in flight may take: deleted in the background
-/// (if still this request's) when its answer is lost or the request is
-/// dropped before the answer came, so neither leaves the token locked for
-/// the lease TTL nor the user's place among their running requests taken.
-/// (Reservations it may have counted stay: the error is on the side of not
-/// overspending.)
+/// by one script (each slot if still this request's, and its running
+/// entry) when its answer is lost or the request is dropped before the
+/// answer came, so neither leaves the token locked for the lease TTL nor
+/// the user's place among their running requests taken. The claim's local
+/// note is kept until then, as a lease keeps it until its release: the
+/// client's retry is not refused here for a slot its last try still holds
+/// in Redis. (Reservations it may have counted stay: the error is on the
+/// side of not overspending.)
 struct Undo {
-    slots: Vec<String>,
-    running: Option<String>,
+    /// The slot keys, then the running entry's zset if `running`.
+    keys: Vec<String>,
+    running: bool,
     owner: String,
+    guard: Option<SlotGuard>,
     conn: ConnectionManager,
     scripts: std::sync::Arc<Scripts>,
     timeout: Duration,
@@ -578,20 +594,15 @@ impl Drop for Undo {
         if !self.armed {
             return;
         }
-        let (slots, running) = (std::mem::take(&mut self.slots), self.running.take());
+        let (keys, guard) = (std::mem::take(&mut self.keys), self.guard.take());
         let owner = std::mem::take(&mut self.owner);
+        let running = if self.running { "1" } else { "0" };
         let (conn, scripts, timeout) = (self.conn.clone(), self.scripts.clone(), self.timeout);
         let undo = async move {
-            for slot in &slots {
-                let (keys, args) = ([slot.as_str()], [owner.as_str()]);
-                let _ = bounded::<i64>(timeout, conn.clone(), &scripts.release, &keys, &args).await;
-            }
-            if let Some(running) = running {
-                let mut zrem = redis::cmd("ZREM");
-                zrem.arg(running).arg(&owner);
-                let mut conn = conn;
-                let _ = tokio::time::timeout(timeout, zrem.query_async::<i64>(&mut conn)).await;
-            }
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let args = [owner.as_str(), running];
+            let _ = bounded::<i64>(timeout, conn, &scripts.undo, &keys, &args).await;
+            drop(guard);
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(undo);
@@ -715,7 +726,10 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, StoreResult<Entry>> {
         async move {
             let owner = new_owner();
-            let slots = claim.as_ref().map_or(&[][..], |c| &c.slots[..]);
+            let (slots, guard) = match claim {
+                Some(Claim { slots, guard }) => (slots, Some(guard)),
+                None => (Vec::new(), None),
+            };
             let mut keys = Vec::with_capacity(1 + slots.len() + 5);
             keys.push(self.key("revoked", format_args!("{token_id:032x}")));
             keys.extend(
@@ -736,13 +750,18 @@ impl Store for RedisStore {
             }
             // Until the answer is read, what the script may take is undone
             // if the answer is lost or the request goes away meanwhile.
+            let running = ask
+                .as_ref()
+                .is_some_and(|ask| ask.limits.max_concurrent > 0);
+            let mut undo_keys = keys[1..=n].to_vec();
+            if running {
+                undo_keys.push(keys[n + 2].clone());
+            }
             let mut undo = Undo {
-                slots: keys[1..=n].to_vec(),
-                running: ask
-                    .as_ref()
-                    .filter(|ask| ask.limits.max_concurrent > 0)
-                    .map(|_| keys[n + 2].clone()),
+                keys: undo_keys,
+                running,
                 owner: owner.clone(),
+                guard,
                 conn: self.conn.clone(),
                 scripts: self.scripts.clone(),
                 timeout: self.timeout,
@@ -752,6 +771,7 @@ impl Store for RedisStore {
             let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
             let answer: Vec<i64> = self.run(&self.scripts.enter, &key_refs, &arg_refs).await?;
             undo.armed = false;
+            let guard = undo.guard.take();
             match answer.as_slice() {
                 [-1] => return Ok(Entry::Revoked),
                 [-2] => return Ok(Entry::Busy),
@@ -763,11 +783,11 @@ impl Store for RedisStore {
             }
             // KEYS[i] (from 1) is the slot taken, i > 1; 0 if none was asked.
             let taken = usize::try_from(answer[1]).unwrap_or(0);
-            let lease = match (claim, taken) {
+            let lease = match (guard, taken) {
                 (None, 0) => None,
-                (Some(claim), 2..) if taken - 2 < n => {
+                (Some(guard), 2..) if taken - 2 < n => {
                     let key = std::mem::take(&mut keys[taken - 1]);
-                    let lease = self.lease(key, owner.clone(), Some(claim.guard));
+                    let lease = self.lease(key, owner.clone(), Some(guard));
                     Some(Lease::new(lease, &self.in_flight))
                 }
                 _ => return Err(unexpected()),
