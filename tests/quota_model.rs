@@ -158,6 +158,19 @@ impl Model {
     }
 }
 
+/// Alice's request for `reserve` tokens at `now_ms`.
+fn alices(reserve: u64, now_ms: u64) -> Ask<'static> {
+    Ask {
+        user: "alice",
+        limits: LIMITS,
+        reserve,
+        key: None,
+        reserve_micros: reserve * MICROS_PER_TOKEN,
+        currency: "CNY",
+        now_ms,
+    }
+}
+
 async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     let mut open: Vec<Open> = Vec::new();
@@ -165,15 +178,7 @@ async fn run(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Admit { reserve, entering } => {
-                let ask = Ask {
-                    user: "alice",
-                    limits: LIMITS,
-                    reserve,
-                    key: None,
-                    reserve_micros: reserve * MICROS_PER_TOKEN,
-                    currency: "CNY",
-                    now_ms: now,
-                };
+                let ask = alices(reserve, now);
                 let got = match entering {
                     false => store.admit(ask).await.expect("store answers"),
                     true => match common::claim_and_enter(&*store, 1, &[], Some(ask)).await {
@@ -306,15 +311,7 @@ fn a_settlement_never_remakes_an_expired_counter() {
             timeout: Duration::from_millis(500),
         };
         let store = RedisStore::new(&config, store_settings()).expect("store");
-        let ask = |reserve: u64| Ask {
-            user: "alice",
-            limits: LIMITS,
-            reserve,
-            key: None,
-            reserve_micros: reserve * MICROS_PER_TOKEN,
-            currency: "CNY",
-            now_ms: START_MS,
-        };
+        let ask = |reserve| alices(reserve, START_MS);
         let granted = |admission| match admission {
             Admission::Granted(permit) => permit,
             Admission::Refused(r) => panic!("refused: {r:?}"),

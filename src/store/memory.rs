@@ -77,13 +77,7 @@ impl Store for MemoryStore {
     }
 
     fn claim(&self, token_id: u128, slots: Vec<u128>) -> Claimed {
-        if self.revocations.is_revoked(token_id) {
-            return Claimed::Revoked;
-        }
-        match super::claim_first(&self.slots, slots) {
-            Some(claim) => Claimed::Yes(claim),
-            None => Claimed::Busy,
-        }
+        super::claim_in(&self.revocations, &self.slots, token_id, slots)
     }
 
     fn enter<'a>(

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 pub use crate::auth::login_cache::Issued;
+use crate::auth::revocation::Revocations;
 use crate::config::{StateBackend, StateConfig};
 pub use crate::limits::quota::{Admission, Ask, Permit, Refusal, Seeds, Standing};
 use crate::limits::{SlotGuard, Slots};
@@ -161,10 +162,16 @@ impl std::fmt::Debug for Lease {
     }
 }
 
-/// The first of `slots` that `held` does not have, as a [`Claim`].
-fn claim_first(held: &Slots, slots: Vec<u128>) -> Option<Claim> {
-    let guard = slots.iter().find_map(|&slot| held.try_acquire(slot))?;
-    Some(Claim { slots, guard })
+/// [`Store::claim`] for both stores: `token_id`'s first slot that `held`
+/// does not have, unless `revoked` has the token.
+fn claim_in(revoked: &Revocations, held: &Slots, token_id: u128, slots: Vec<u128>) -> Claimed {
+    if revoked.is_revoked(token_id) {
+        return Claimed::Revoked;
+    }
+    match slots.iter().find_map(|&slot| held.try_acquire(slot)) {
+        Some(guard) => Claimed::Yes(Claim { slots, guard }),
+        None => Claimed::Busy,
+    }
 }
 
 /// How many leases this process holds now.

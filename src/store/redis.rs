@@ -709,13 +709,7 @@ impl Store for RedisStore {
     }
 
     fn claim(&self, token_id: u128, slots: Vec<u128>) -> Claimed {
-        if self.revoked_here.is_revoked(token_id) {
-            return Claimed::Revoked;
-        }
-        match super::claim_first(&self.local, slots) {
-            Some(claim) => Claimed::Yes(claim),
-            None => Claimed::Busy,
-        }
+        super::claim_in(&self.revoked_here, &self.local, token_id, slots)
     }
 
     fn enter<'a>(
