@@ -321,14 +321,22 @@ fn a_settlement_never_remakes_an_expired_counter() {
 
         // Both counters are made by the admission, each with a TTL.
         let first = granted(store.admit(ask(100)).await.expect("store answers"));
+        // The one key matching `pattern`, and its TTL in ms.
+        let ttl_conn = conn.clone();
+        let ttl_of = |pattern: &'static str| {
+            let (redis, mut conn) = (&redis, ttl_conn.clone());
+            async move {
+                let keys = redis.keys(pattern).await;
+                assert_eq!(keys.len(), 1, "{pattern}");
+                redis::cmd("PTTL")
+                    .arg(&keys[0])
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .expect("pttl")
+            }
+        };
         for pattern in counters {
-            let keys = redis.keys(pattern).await;
-            assert_eq!(keys.len(), 1, "{pattern}");
-            let ttl: i64 = redis::cmd("PTTL")
-                .arg(&keys[0])
-                .query_async(&mut conn)
-                .await
-                .expect("pttl");
+            let ttl = ttl_of(pattern).await;
             assert!(ttl > 0, "{pattern} has no TTL: {ttl}");
         }
         // They expire (a new day and month) before the request settles:
@@ -363,12 +371,7 @@ fn a_settlement_never_remakes_an_expired_counter() {
         let standing = store.standing("alice", START_MS).await.expect("standing");
         assert_eq!((standing.tokens_today, standing.spent_month), (40, 120));
         for pattern in counters {
-            let keys = redis.keys(pattern).await;
-            let ttl: i64 = redis::cmd("PTTL")
-                .arg(&keys[0])
-                .query_async(&mut conn)
-                .await
-                .expect("pttl");
+            let ttl = ttl_of(pattern).await;
             assert!(ttl > 0, "{pattern} lost its TTL: {ttl}");
         }
     });

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{chat_body, chat_body_with, error_code, spawn_app, spawn_app_with, ADMIN, USER1};
+use common::{
+    chat_body, chat_body_with, error_code, spawn_app, spawn_app_with, TestApp, ADMIN, USER1,
+};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -206,17 +208,10 @@ async fn many_clients_that_vanish_leave_no_slot_and_no_upstream_behind() {
     );
 }
 
-/// The slot is taken with the quotas once the body is read, but a token
-/// whose request runs in this process is refused before: a second request
-/// that never finishes its body still gets its 429 at once.
-#[tokio::test]
-async fn a_busy_token_is_refused_before_its_body_arrives() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app().await;
-    let token = app.token(ADMIN).await;
-    let slow = chat_body_with(true, json!({"chunks": 4, "chunk_delay_ms": 250}));
-    let running = app.chat(&token, &slow).await;
-    assert_eq!(running.status(), 200);
+/// A chat request with `token` whose headers and first body bytes are sent,
+/// and the rest of its 100 kB body never.
+async fn start_upload(app: &TestApp, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
     let mut raw = tokio::net::TcpStream::connect(app.addr)
         .await
         .expect("connect");
@@ -225,6 +220,21 @@ async fn a_busy_token_is_refused_before_its_body_arrives() {
          content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{\"model\":"
     );
     raw.write_all(head.as_bytes()).await.expect("write");
+    raw
+}
+
+/// The slot is taken with the quotas once the body is read, but a token
+/// whose request runs in this process is refused before: a second request
+/// that never finishes its body still gets its 429 at once.
+#[tokio::test]
+async fn a_busy_token_is_refused_before_its_body_arrives() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app().await;
+    let token = app.token(ADMIN).await;
+    let slow = chat_body_with(true, json!({"chunks": 4, "chunk_delay_ms": 250}));
+    let running = app.chat(&token, &slow).await;
+    assert_eq!(running.status(), 200);
+    let mut raw = start_upload(&app, &token).await;
     let mut answer = vec![0; 4096];
     let n = tokio::time::timeout(Duration::from_secs(2), raw.read(&mut answer))
         .await
@@ -242,17 +252,9 @@ async fn a_busy_token_is_refused_before_its_body_arrives() {
 /// read in parallel; when the first client goes away, the slot is free.
 #[tokio::test]
 async fn a_token_whose_body_is_still_arriving_is_busy() {
-    use tokio::io::AsyncWriteExt;
     let app = spawn_app().await;
     let token = app.token(ADMIN).await;
-    let mut raw = tokio::net::TcpStream::connect(app.addr)
-        .await
-        .expect("connect");
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
-         content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{\"model\":"
-    );
-    raw.write_all(head.as_bytes()).await.expect("write");
+    let raw = start_upload(&app, &token).await;
     let mut refused = false;
     for _ in 0..50 {
         let second = app.chat(&token, &chat_body(false)).await;
