@@ -12,6 +12,8 @@
 # same gateway build with memory state (gateway_memory), and the bare proxy
 # making the two round trips the gateway's Redis path keeps on a request's
 # way (bare_redis, `BARE_REDIS_URL`): the Redis path's floor on this stack.
+# The bare proxy doing the gateway's job (bare_job, `BARE_JOB`, with the
+# gateway's tokens) runs in both: the floor of the same work.
 # Needs wrk and python3.
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -26,8 +28,11 @@ target/release/fake_deepseek --addr "127.0.0.1:$FAKE" --key "$BENCH_KEY" >/dev/n
 FAKE_PID=$!
 target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare.out 2>&1 &
 BARE_PID=$!
+BARE_JOB=$W/job BARE_JWT_SECRET=$(printf 'b%.0s' $(seq 40)) BARE_UPSTREAM_KEY=$BENCH_KEY \
+  target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare_job.out 2>&1 &
+BARE_JOB_PID=$!
 gateway_toml $W $P $FAKE 1
-PEERS="gateway bare"
+PEERS="gateway bare bare_job"
 if [ "${BENCH_STATE:-memory}" = redis ]; then
   mkdir $W/mem; PM=$(free_port); gateway_toml $W/mem $PM $FAKE 1
   RUST_LOG=info $GW --config $W/mem/gw.toml >/dev/null 2>$W/mem/log &
@@ -35,12 +40,13 @@ if [ "${BENCH_STATE:-memory}" = redis ]; then
   printf '[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379"\nkey_prefix = "c1%s:"\n' $$ >> $W/gw.toml
   BARE_REDIS_URL=redis://127.0.0.1:6379 target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare_redis.out 2>&1 &
   BARE_REDIS_PID=$!
-  PEERS="gateway gateway_memory bare bare_redis"
+  PEERS="gateway gateway_memory bare bare_redis bare_job"
 fi
 RUST_LOG=info $GW --config $W/gw.toml >/dev/null 2>$W/log &
 GW_PID=$!
 wait_healthy $P
 BARE=$(awk '/listening on/ {print $3}' $W/bare.out)
+BARE_JOB_URL=$(awk '/listening on/ {print $3}' $W/bare_job.out)
 chat_lua $W/gw.lua "http://127.0.0.1:$P" 1
 chat_lua $W/bare.lua "" 0
 if [ -n "${MEM_PID:-}" ]; then
@@ -61,6 +67,7 @@ for r in $(seq $ROUNDS); do
       gateway_memory) pid=$MEM_PID; url=http://127.0.0.1:$PM; lua=$W/mem.lua ;;
       bare) pid=$BARE_PID; url=$BARE; lua=$W/bare.lua ;;
       bare_redis) pid=$BARE_REDIS_PID; url=$BARE_REDIS; lua=$W/bare.lua ;;
+      bare_job) pid=$BARE_JOB_PID; url=$BARE_JOB_URL; lua=$W/gw.lua ;;
     esac
     wrk -t1 -c1 -d1s -s $lua $url >/dev/null
     c0=$(ticks $pid); f0=$(ticks $FAKE_PID)

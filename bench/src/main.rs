@@ -351,10 +351,21 @@ impl Seen {
         };
         let gw = "memory".to_owned();
         let (bare, nginx) = ("bare".to_owned(), "nginx".to_owned());
+        // The bare proxy doing the same job: the floor of each target.
+        let job = "bare-job".to_owned();
+        let floor = |seen: &BTreeMap<String, f64>, show: &dyn Fn(f64) -> String| {
+            seen.get(&job).map_or(String::new(), |j| {
+                format!("; the same job, bare: {}", show(*j))
+            })
+        };
         if let (Some(g), Some(b)) = (self.rps.get(&gw), self.rps.get(&bare)) {
             add(
                 "throughput ≥ 0.8 × bare proxy".into(),
-                format!("{:.2} × ({g:.0}/s against {b:.0}/s)", g / b),
+                format!(
+                    "{:.2} × ({g:.0}/s against {b:.0}/s{})",
+                    g / b,
+                    floor(&self.rps, &|j| format!("{:.2} ×", j / b))
+                ),
                 g / b >= 0.8,
             );
         }
@@ -368,7 +379,11 @@ impl Seen {
         if let (Some(g), Some(b)) = (self.added_p50.get(&gw), self.added_p50.get(&bare)) {
             add(
                 "added p50 ≤ bare proxy's + 25 µs".into(),
-                format!("+{g:.1} µs against +{b:.1} µs ({:+.1})", g - b),
+                format!(
+                    "+{g:.1} µs against +{b:.1} µs ({:+.1}{})",
+                    g - b,
+                    floor(&self.added_p50, &|j| format!("{:+.1}", j - b))
+                ),
                 g - b <= 25.0,
             );
         }

@@ -11,7 +11,10 @@ use tokio::process::{Child, Command};
 use crate::load::Target;
 
 const KEY: &str = "sk-bench-not-a-real-key";
+/// The gateways' `jwt_secret`, and the `bare-job` peer's.
+const JWT_SECRET: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
+#[derive(Clone)]
 pub struct Gateway {
     pub name: String,
     pub target: Target,
@@ -25,6 +28,9 @@ pub struct Procs {
     gateways: Vec<(Child, Gateway)>,
     bare: Option<(Child, Target)>,
     bare_wide: Option<(Child, Target)>,
+    /// The bare proxy doing the gateway's job, with the memory gateway's
+    /// tokens.
+    bare_job: Option<(Child, Gateway)>,
     nginx: Option<(Child, Target)>,
     extra: Vec<Child>,
     redis: Option<Child>,
@@ -163,7 +169,7 @@ fn config(users: usize, fake_base: &str, state: &str, ledger: &std::path::Path) 
     let mut text = format!(
         "[server]\nhost = \"127.0.0.1\"\nport = 0\nmax_connections = 50000\n\
          [auth]\njwt_secret = \"{}\"\nlogin_max_failures_per_ip_per_minute = 1000000\n",
-        "b".repeat(40)
+        JWT_SECRET
     );
     for i in 0..users {
         text.push_str(&format!(
@@ -283,8 +289,20 @@ impl Procs {
         let bare_bin = std::env::var_os("BENCH_BARE_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| profile_dir(smoke).join("bare_proxy"));
-        let bare = start_bare(&bare_bin, &fake_base, None).await?;
-        let bare_wide = start_bare(&bare_bin, &fake_base, Some(GATEWAY_BACKLOG)).await?;
+        let bare = start_bare(&bare_bin, &fake_base, None, None).await?;
+        let bare_wide = start_bare(&bare_bin, &fake_base, Some(GATEWAY_BACKLOG), None).await?;
+        let job_dir = dir.join("bare-job");
+        let (child, target) =
+            start_bare(&bare_bin, &fake_base, Some(GATEWAY_BACKLOG), Some(&job_dir)).await?;
+        let bare_job = Gateway {
+            name: "bare-job".into(),
+            pid: child.id().ok_or("bare-job pid")?,
+            target,
+            tokens: gateways
+                .first()
+                .map(|(_, g)| g.tokens.clone())
+                .unwrap_or_default(),
+        };
         let nginx = start_nginx(&dir, &fake_base).await;
         Ok(Procs {
             fake,
@@ -292,6 +310,7 @@ impl Procs {
             gateways,
             bare: Some(bare),
             bare_wide: Some(bare_wide),
+            bare_job: Some((child, bare_job)),
             nginx,
             extra: Vec::new(),
             redis,
@@ -312,8 +331,10 @@ impl Procs {
     /// Every proxy in front of the fake, in the order of the report's
     /// columns: the bare hyper proxy (with tokio's backlog, then as
     /// `bare-wide` with the gateway's), nginx when it is installed (the
-    /// references: proxies that do no work), then the gateways. Both bare
-    /// proxies append their stderr to the same `bare_proxy.log`.
+    /// references: proxies that do no work), `bare-job` (the bare proxy
+    /// doing the gateway's job: the floor of the same work), then the
+    /// gateways. The bare proxies append their stderr to the same
+    /// `bare_proxy.log`.
     pub fn peers(&self) -> Vec<Gateway> {
         let references = [
             ("bare", &self.bare),
@@ -330,19 +351,12 @@ impl Procs {
                 pid: child.id()?,
             })
         });
-        references.chain(self.gateways()).collect()
+        let job = self.bare_job.iter().map(|(_, g)| g.clone());
+        references.chain(job).chain(self.gateways()).collect()
     }
 
     pub fn gateways(&self) -> Vec<Gateway> {
-        self.gateways
-            .iter()
-            .map(|(_, g)| Gateway {
-                name: g.name.clone(),
-                target: g.target.clone(),
-                tokens: g.tokens.clone(),
-                pid: g.pid,
-            })
-            .collect()
+        self.gateways.iter().map(|(_, g)| g.clone()).collect()
     }
 
     /// Gateways for the login measurements: (label, target, user, password).
@@ -377,7 +391,7 @@ impl Procs {
                 "[server]\nhost = \"127.0.0.1\"\nport = 0\n[auth]\njwt_secret = \"{}\"\n\
                  login_cache_seconds = {cache}\n{users}[deepseek]\napi_key = \"{KEY}\"\nbase_url = \"{}\"\n\
                  [storage]\nsqlite_path = \":memory:\"\n",
-                "b".repeat(40),
+                JWT_SECRET,
                 self.fake_base
             );
             let path = self.dir.join(format!("login-{}.toml", out.len()));
@@ -405,6 +419,9 @@ impl Procs {
             let _ = child.kill().await;
         }
         for (child, _) in self.bare.iter_mut().chain(self.bare_wide.iter_mut()) {
+            let _ = child.kill().await;
+        }
+        if let Some((child, _)) = &mut self.bare_job {
             let _ = child.kill().await;
         }
         if let Some((child, _)) = &mut self.nginx {
@@ -516,22 +533,32 @@ fn rss_kib_of(pid: u32) -> f64 {
 /// The gateway's listen backlog (`app::LISTEN_BACKLOG`), for `bare-wide`.
 const GATEWAY_BACKLOG: u32 = 65_535;
 
-/// The bare hyper proxy (`bench/src/bin/bare_proxy.rs`) in front of the
-/// fake, with tokio's listen backlog or `backlog`.
+/// The bare hyper proxy (`bench/src/bin/bare_proxy/`) in front of the
+/// fake, with tokio's listen backlog or `backlog`; with `job`, doing the
+/// gateway's job (`BARE_JOB`) with its files there and the gateways' JWT
+/// secret, so their tokens are valid (the target has no fixed bearer).
 async fn start_bare(
     bin: &std::path::Path,
     fake_base: &str,
     backlog: Option<u32>,
+    job: Option<&std::path::Path>,
 ) -> Result<(Child, Target), String> {
     let mut cmd = Command::new(bin);
     cmd.args(["127.0.0.1:0", fake_base.trim_end_matches("/v1")]);
     if let Some(backlog) = backlog {
         cmd.arg(backlog.to_string());
     }
+    if let Some(dir) = job {
+        cmd.env("BARE_JOB", dir)
+            .env("BARE_JWT_SECRET", JWT_SECRET)
+            .env("BARE_UPSTREAM_KEY", KEY);
+    }
     let (child, line) = spawn_until(cmd, "listening on").await?;
     let base = line.rsplit(' ').next().unwrap_or_default().to_owned();
     let mut target = Target::new(&base, "/v1/chat/completions", "/auth/login");
-    target.fixed_bearer = Some(KEY.to_owned());
+    if job.is_none() {
+        target.fixed_bearer = Some(KEY.to_owned());
+    }
     Ok((child, target))
 }
 

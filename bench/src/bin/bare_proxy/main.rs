@@ -12,6 +12,11 @@
 //! issue 15): a `SET NX PX` before forwarding and a `DEL` once DeepSeek's
 //! answer has come, through redis-rs's `ConnectionManager` like the
 //! gateway. That is the floor of the Redis path on this stack.
+//!
+//! With `BARE_JOB=DIR` it does the gateway's job with production defaults,
+//! the plainest way (`job.rs`): the floor of the same job.
+
+mod job;
 
 use std::convert::Infallible;
 
@@ -69,14 +74,27 @@ async fn main() -> std::io::Result<()> {
             socket.listen(backlog)?
         }
     };
+    let job = job::Job::from_env(&upstream)?;
     println!("listening on http://{}", listener.local_addr()?);
     loop {
-        let (tcp, _) = listener.accept().await?;
-        let _ = tcp.set_nodelay(true);
+        let (tcp, peer) = listener.accept().await?;
+        if let Some(job) = &job {
+            let job = job.clone();
+            let peer = peer.ip().to_string();
+            serve(
+                tcp,
+                hyper::service::service_fn(move |req| {
+                    let answer = job.clone().serve(req, peer.clone());
+                    async move { Ok::<_, Infallible>(answer.await) }
+                }),
+            );
+            continue;
+        }
         let (client, upstream) = (client.clone(), upstream.clone());
         let (redis, slots) = (redis.clone(), slots.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        serve(
+            tcp,
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let (client, upstream) = (client.clone(), upstream.clone());
                 let redis = redis.clone();
                 let slot = format!(
@@ -110,10 +128,25 @@ async fn main() -> std::io::Result<()> {
                     };
                     Ok::<_, Infallible>(response)
                 }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
+            }),
+        );
     }
+}
+
+/// One connection, served on a task of its own.
+fn serve<S, B>(tcp: tokio::net::TcpStream, service: S)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = tcp.set_nodelay(true);
+    tokio::spawn(async move {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+    });
 }
