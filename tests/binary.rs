@@ -905,6 +905,35 @@ async fn plaintext_passwords_get_one_startup_warning_per_user_naming_the_fix() {
     );
 }
 
+/// The same token's next request must not find the slot still held by a
+/// request the client just left (on a busy machine the gateway notices
+/// later): probes until a request gets through (its slot is free once its
+/// body has ended).
+async fn wait_until_free(proxy: &Running, token: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = proxy
+            .http
+            .post(proxy.url("/v1/chat/completions"))
+            .bearer_auth(token)
+            .header("x-request-id", "log-check-probe")
+            .json(&chat_body(false))
+            .send()
+            .await
+            .expect("probe");
+        let status = probe.status();
+        let _ = probe.bytes().await;
+        if status != 429 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the left request's slot is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_early() {
     let (_fake, _dir, proxy) = proxy_in_front_of_fake(5).await;
@@ -932,6 +961,7 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
         .send()
         .await;
     assert!(gave_up.is_err());
+    wait_until_free(&proxy, &token).await;
     // A stream the client leaves midway: usage is estimated, and says so.
     let slow = chat_body_with(
         true,
@@ -950,32 +980,7 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
         let _ = left.chunk().await;
     }
     drop(left);
-    // The same token's next request must not find the slot still held by
-    // the stream just left (on a busy machine the gateway notices later):
-    // probe until a request gets through (its slot is free once its body
-    // has ended).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let probe = proxy
-            .http
-            .post(proxy.url("/v1/chat/completions"))
-            .bearer_auth(&token)
-            .header("x-request-id", "log-check-probe")
-            .json(&chat_body(false))
-            .send()
-            .await
-            .expect("probe");
-        let status = probe.status();
-        let _ = probe.bytes().await;
-        if status != 429 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the left stream's slot is still held"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_free(&proxy, &token).await;
     // The model is the client's text in the line: a newline in it must
     // not start a forged line of its own.
     let forged = proxy

@@ -10,11 +10,15 @@
 //! clean stop loses nothing. A batch that cannot be written is counted as
 //! dropped, like a row the full queue turned away.
 //!
+//! For a SQLite file, the writer has a connection of its own
+//! ([`direct`]), not sqlx's: a row costs SQLite's work and little more.
+//!
 //! With a [`journal`] (the default for a SQLite file), each row is also
 //! appended to a local file before its response ends, and replayed at the
 //! next start if the process died before the batch was written: spend is
 //! not lost in a crash.
 
+mod direct;
 pub mod journal;
 mod schema;
 
@@ -26,7 +30,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::config::StorageConfig;
+use crate::config::{Storage, StorageConfig};
 
 /// Rows written per transaction at most. Large, because with many users
 /// each row dirties its own page of the per-user index, and SQLite's WAL
@@ -164,6 +168,10 @@ impl Ledger {
             )),
             None => None,
         };
+        let direct = match &config.backend {
+            Storage::Sqlite(path) if path != ":memory:" => Some(direct::Direct::open(path)?),
+            _ => None,
+        };
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (flushes, flush_rx) = mpsc::channel(16);
         let batch_ready = Arc::new(Notify::new());
@@ -171,6 +179,7 @@ impl Ledger {
         let writer = Writer {
             pool: pool.clone(),
             sqlite: url.starts_with("sqlite"),
+            direct,
             rows: rx,
             flushes: flush_rx,
             batch_ready: batch_ready.clone(),
@@ -266,6 +275,8 @@ impl Ledger {
 struct Writer {
     pool: AnyPool,
     sqlite: bool,
+    /// A SQLite file's own connection; `None`: through the pool.
+    direct: Option<direct::Direct>,
     rows: mpsc::Receiver<Box<UsageRecord>>,
     flushes: mpsc::Receiver<oneshot::Sender<()>>,
     batch_ready: Arc<Notify>,
@@ -306,44 +317,53 @@ impl Writer {
         while let Ok(row) = self.rows.try_recv() {
             batch.push(*row);
             if batch.len() == BATCH_ROWS {
-                ok &= insert(&self.pool, self.sqlite, batch, &self.dropped).await;
+                ok &= self.insert(batch).await;
             }
         }
-        ok &= insert(&self.pool, self.sqlite, batch, &self.dropped).await;
+        ok &= self.insert(batch).await;
         if let (Some(journal), Some(sealed)) = (&self.journal, sealed) {
             journal.written(sealed, ok);
         }
+    }
+
+    /// Writes and clears `batch`; false if it could not be written.
+    async fn insert(&self, batch: &mut Vec<UsageRecord>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let rows = batch.len();
+        let timed_out = || format!("no answer within {INSERT_TIMEOUT:?}");
+        let failure = match &self.direct {
+            Some(direct) => {
+                let written = direct.insert(std::mem::take(batch));
+                match tokio::time::timeout(INSERT_TIMEOUT, written).await {
+                    Ok((emptied, result)) => {
+                        *batch = emptied;
+                        result.err()
+                    }
+                    Err(_) => Some(timed_out()),
+                }
+            }
+            None => {
+                let written = schema::insert(&self.pool, self.sqlite, batch);
+                match tokio::time::timeout(INSERT_TIMEOUT, written).await {
+                    Ok(result) => result.err().map(|e| e.to_string()),
+                    Err(_) => Some(timed_out()),
+                }
+            }
+        };
+        batch.clear();
+        if let Some(error) = failure {
+            self.dropped.fetch_add(rows as u64, Ordering::Relaxed);
+            tracing::error!(%error, rows, "usage ledger write failed; rows dropped");
+            return false;
+        }
+        true
     }
 }
 
 /// The longest one batch may take to write.
 const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Writes and clears `batch`; false if it could not be written.
-async fn insert(
-    pool: &AnyPool,
-    sqlite: bool,
-    batch: &mut Vec<UsageRecord>,
-    dropped: &AtomicU64,
-) -> bool {
-    if batch.is_empty() {
-        return true;
-    }
-    let rows = batch.len();
-    let failure =
-        match tokio::time::timeout(INSERT_TIMEOUT, schema::insert(pool, sqlite, batch)).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {INSERT_TIMEOUT:?}")),
-        };
-    batch.clear();
-    if let Some(error) = failure {
-        dropped.fetch_add(rows as u64, Ordering::Relaxed);
-        tracing::error!(%error, rows, "usage ledger write failed; rows dropped");
-        return false;
-    }
-    true
-}
 
 /// Opens the journal and writes what an earlier run left in it (rows the
 /// database already has are skipped), then deletes those segments.

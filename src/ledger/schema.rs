@@ -136,7 +136,7 @@ const INSERT_INTO: &str = "INSERT INTO usage_log (request_id, ts_ms, username, t
     cached_tokens, reasoning_tokens, completion_tokens_estimated, latency_ms, ttfb_ms, bytes_in, \
     bytes_out, client_ip, outcome, format, requested_model, cache_miss_tokens, billable, key_id, \
     upstream, attempts, charged_tokens, cost_micros, cost_estimated, currency) VALUES ";
-const COLUMNS: usize = 32;
+pub(super) const COLUMNS: usize = 32;
 /// Rows per INSERT statement: 1,600 parameters, within both SQLite's and
 /// PostgreSQL's limits. One statement per chunk, not per row, because with
 /// SQLite each statement is a round trip to sqlx's database thread.
@@ -176,16 +176,72 @@ fn insert_sql(rows: usize, sqlite: bool) -> String {
 /// 1,641 instructions per request.
 const STATEMENT_ROWS: [usize; 7] = [ROWS_PER_STATEMENT, 32, 16, 8, 4, 2, 1];
 
-/// Writes `rows` in one transaction.
-pub async fn insert(pool: &AnyPool, sqlite: bool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+/// A row's column values, in [`INSERT_INTO`]'s order: the one place that
+/// order is written, for both writers (sqlx here, and SQLite's own
+/// connection in `ledger::direct`).
+pub(super) enum Value<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i64>),
+    Real(Option<f64>),
+}
+
+pub(super) fn values(r: &UsageRecord) -> [Value<'_>; COLUMNS] {
+    use Value::{Int, Real, Text};
+    fn text(s: &str) -> Value<'_> {
+        Text(Some(s))
+    }
+    [
+        text(&r.request_id),
+        Int(Some(r.ts_ms)),
+        text(&r.username),
+        text(&r.token_id),
+        text(&r.route),
+        Text(r.model.as_deref()),
+        Int(Some(i64::from(r.stream))),
+        Int(Some(r.status)),
+        Int(r.upstream_status),
+        Text(r.error_code.as_deref()),
+        Int(r.prompt_tokens),
+        Int(r.completion_tokens),
+        Int(r.cached_tokens),
+        Int(r.reasoning_tokens),
+        Int(r.completion_tokens_estimated),
+        Real(Some(r.latency_ms)),
+        Real(r.ttfb_ms),
+        Int(Some(r.bytes_in)),
+        Int(Some(r.bytes_out)),
+        text(&r.client_ip),
+        text(&r.outcome),
+        text(&r.format),
+        Text(r.requested_model.as_deref()),
+        Int(r.cache_miss_tokens),
+        Int(Some(i64::from(r.billable))),
+        Text(r.key_id.as_deref()),
+        Text(r.upstream.as_deref()),
+        Int(r.attempts),
+        Int(r.charged_tokens),
+        Int(r.cost_micros),
+        Int(Some(i64::from(r.cost_estimated))),
+        Text(r.currency.as_deref()),
+    ]
+}
+
+/// `rows` cut into statements of the fixed sizes: (the statement's SQL,
+/// its rows).
+pub(super) fn statements(
+    rows: &[UsageRecord],
+    sqlite: bool,
+) -> impl Iterator<Item = (&'static str, &[UsageRecord])> {
     static SQL: std::sync::OnceLock<[[String; STATEMENT_ROWS.len()]; 2]> =
         std::sync::OnceLock::new();
     let shapes = &SQL.get_or_init(|| {
         [false, true].map(|sqlite| STATEMENT_ROWS.map(|rows| insert_sql(rows, sqlite)))
     })[usize::from(sqlite)];
-    let mut tx = pool.begin().await?;
     let mut rest = rows;
-    while !rest.is_empty() {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
         // The last size is 1, so one always fits.
         let shape = STATEMENT_ROWS
             .iter()
@@ -193,41 +249,23 @@ pub async fn insert(pool: &AnyPool, sqlite: bool, rows: &[UsageRecord]) -> Resul
             .unwrap_or(STATEMENT_ROWS.len() - 1);
         let (chunk, after) = rest.split_at(STATEMENT_ROWS[shape]);
         rest = after;
-        let mut query = sqlx::query(shapes[shape].as_str());
-        for r in chunk {
-            query = query
-                .bind(&r.request_id)
-                .bind(r.ts_ms)
-                .bind(&r.username)
-                .bind(&r.token_id)
-                .bind(&r.route)
-                .bind(r.model.clone())
-                .bind(i64::from(r.stream))
-                .bind(r.status)
-                .bind(r.upstream_status)
-                .bind(r.error_code.clone())
-                .bind(r.prompt_tokens)
-                .bind(r.completion_tokens)
-                .bind(r.cached_tokens)
-                .bind(r.reasoning_tokens)
-                .bind(r.completion_tokens_estimated)
-                .bind(r.latency_ms)
-                .bind(r.ttfb_ms)
-                .bind(r.bytes_in)
-                .bind(r.bytes_out)
-                .bind(&r.client_ip)
-                .bind(&r.outcome)
-                .bind(&r.format)
-                .bind(r.requested_model.clone())
-                .bind(r.cache_miss_tokens)
-                .bind(i64::from(r.billable))
-                .bind(r.key_id.clone())
-                .bind(r.upstream.clone())
-                .bind(r.attempts)
-                .bind(r.charged_tokens)
-                .bind(r.cost_micros)
-                .bind(i64::from(r.cost_estimated))
-                .bind(r.currency.clone());
+        Some((shapes[shape].as_str(), chunk))
+    })
+}
+
+/// Writes `rows` in one transaction, through sqlx.
+pub async fn insert(pool: &AnyPool, sqlite: bool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for (sql, chunk) in statements(rows, sqlite) {
+        let mut query = sqlx::query(sql);
+        for row in chunk {
+            for value in values(row) {
+                query = match value {
+                    Value::Text(v) => query.bind(v),
+                    Value::Int(v) => query.bind(v),
+                    Value::Real(v) => query.bind(v),
+                };
+            }
         }
         query.execute(&mut *tx).await?;
     }
