@@ -295,7 +295,8 @@ async fn every_kind_of_request_lands_in_postgres_with_the_right_numbers() {
 }
 
 /// 1,234 rows: several batches, several multi-row statements per batch, and
-/// a short last statement.
+/// a short last statement; then one row with every field set, read back
+/// whole (every column in its place, in either writer).
 async fn many_rows_land_whole(storage: Storage) {
     let ledger = Ledger::open(&StorageConfig {
         backend: storage,
@@ -323,11 +324,47 @@ async fn many_rows_land_whole(storage: Storage) {
             ..UsageRecord::default()
         });
     }
+    let full = UsageRecord {
+        request_id: "full".into(),
+        ts_ms: 1_800_000_000_000,
+        username: "user\"full'".into(),
+        token_id: "f".repeat(32),
+        key_id: Some("key-1".into()),
+        upstream: Some("secondary".into()),
+        attempts: Some(2),
+        route: "/anthropic/v1/messages".into(),
+        format: "anthropic".into(),
+        model: Some("deepseek-v4-pro".into()),
+        requested_model: Some("claude-opus-4".into()),
+        stream: true,
+        status: 200,
+        upstream_status: Some(201),
+        error_code: Some("none".into()),
+        prompt_tokens: Some(7),
+        completion_tokens: Some(8),
+        cached_tokens: Some(3),
+        cache_miss_tokens: Some(4),
+        reasoning_tokens: Some(5),
+        completion_tokens_estimated: Some(9),
+        latency_ms: 12.25,
+        ttfb_ms: Some(0.5),
+        bytes_in: 101,
+        bytes_out: 202,
+        client_ip: "10.1.2.3".into(),
+        outcome: "completed".into(),
+        billable: true,
+        charged_tokens: Some(15),
+        cost_micros: Some(1234),
+        cost_estimated: true,
+        currency: Some("USD".into()),
+    };
+    ledger.record(full.clone());
     ledger.flush().await;
     assert_eq!(ledger.dropped(), 0);
     let rows = ledger.recent(None, 2000).await.expect("recent");
-    assert_eq!(rows.len(), n as usize);
-    let newest = &rows[0];
+    assert_eq!(rows.len(), n as usize + 1);
+    assert_eq!(rows[0], full);
+    let newest = &rows[1];
     assert_eq!(newest.request_id, format!("bulk-{}", n - 1));
     assert_eq!(newest.prompt_tokens, Some(n - 1));
     assert_eq!(newest.model.is_some(), (n - 1) % 2 == 0);
@@ -340,12 +377,22 @@ async fn many_rows_land_whole(storage: Storage) {
     };
     let totals = ledger.totals(&filter, GroupBy::User).await.expect("totals");
     let prompt: i64 = totals.iter().map(|t| t.prompt_tokens).sum();
-    assert_eq!(prompt, (0..n).sum::<i64>());
+    assert_eq!(prompt, (0..n).sum::<i64>() + 7);
 }
 
 #[tokio::test]
 async fn large_batches_land_whole_in_sqlite() {
     many_rows_land_whole(Storage::Sqlite(":memory:".into())).await;
+}
+
+/// A file: the writer's own connection (`ledger::direct`), not sqlx's.
+#[tokio::test]
+async fn large_batches_land_whole_in_a_sqlite_file() {
+    let dir = std::env::temp_dir().join(format!("ledger-{}", random_hex()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("usage.db").to_string_lossy().to_string();
+    many_rows_land_whole(Storage::Sqlite(path)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

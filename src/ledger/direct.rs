@@ -1,18 +1,28 @@
-//! The ledger's writer for a SQLite file: a connection of its own, used on
-//! a blocking thread, beside sqlx's pool (which keeps the migrations, the
+//! The ledger's writer for a SQLite file: a connection of its own, on a
+//! thread of its own, beside sqlx's pool (which keeps the migrations, the
 //! journal's replay, every read, and the users and keys).
 //!
-//! Through sqlx, each row cost ~13,000 instructions more than SQLite's own
+//! Through sqlx, each row cost ~9,000 instructions more than SQLite's own
 //! work: every value converted to sqlx's `Any` arguments, copied again to
 //! cross to sqlx's SQLite thread, and freed there (callgrind, BENCHMARKS.md,
 //! issue 15). Here the values are bound straight from the row. The
 //! statements, their sizes and the column order are the sqlx writer's
 //! (`schema::statements`, `schema::values`).
+//!
+//! One batch is written at a time. A batch whose write outlives the
+//! writer's timeout may still land later (the journal's replay skips rows
+//! the table has, so none is written twice); until it has, the next
+//! batches fail at once, counted as dropped and kept by the journal, rather
+//! than queue behind it. The thread is not the runtime's, so a write stuck
+//! on a dead disk does not hold the process at exit.
 
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, Value as Sql, ValueRef};
+use tokio::sync::oneshot;
 
 use super::schema::{self, Value};
 use super::UsageRecord;
@@ -21,38 +31,62 @@ use super::UsageRecord;
 /// keys, through sqlx) before it fails; sqlx's own default.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone)]
+type Written = (Vec<UsageRecord>, Result<(), String>);
+
 pub struct Direct {
-    conn: Arc<Mutex<rusqlite::Connection>>,
+    batches: mpsc::Sender<(Vec<UsageRecord>, oneshot::Sender<Written>)>,
+    /// A batch is being written (set here, cleared by the thread before it
+    /// answers).
+    busy: Arc<AtomicBool>,
 }
 
 impl Direct {
-    /// Opens the file the pool has migrated.
-    pub fn open(path: &str) -> Result<Direct, String> {
-        let conn = rusqlite::Connection::open(path)
-            .map_err(|e| format!("cannot open the usage ledger (SQLite at {path}): {e}"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| format!("cannot open the usage ledger (SQLite at {path}): {e}"))?;
-        Ok(Direct {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+    /// Opens `path`, the file sqlx's pool has opened and migrated, and
+    /// starts the writer's thread.
+    pub fn open(path: &Path) -> Result<Direct, String> {
+        let failed = |e: rusqlite::Error| {
+            format!(
+                "cannot open the usage ledger (SQLite at {}): {e}",
+                path.display()
+            )
+        };
+        let conn = rusqlite::Connection::open(path).map_err(failed)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
+        let (batches, todo) = mpsc::channel::<(Vec<UsageRecord>, oneshot::Sender<Written>)>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let done = busy.clone();
+        std::thread::Builder::new()
+            .name("ledger-sqlite".into())
+            .spawn(move || {
+                let mut conn = conn;
+                // Ends when the ledger is gone.
+                while let Ok((mut rows, answer)) = todo.recv() {
+                    let result = insert(&mut conn, &rows).map_err(|e| e.to_string());
+                    rows.clear();
+                    done.store(false, Ordering::Release);
+                    let _ = answer.send((rows, result));
+                }
+            })
+            .map_err(|e| format!("cannot start the usage ledger's writer: {e}"))?;
+        Ok(Direct { batches, busy })
     }
 
-    /// Writes `rows` in one transaction, on a blocking thread; gives the
-    /// (emptied) vector back.
-    pub async fn insert(
-        &self,
-        mut rows: Vec<UsageRecord>,
-    ) -> (Vec<UsageRecord>, Result<(), String>) {
-        let conn = self.conn.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            let result = insert(&mut conn, &rows).map_err(|e| e.to_string());
-            rows.clear();
-            (rows, result)
-        })
-        .await;
-        written.unwrap_or_else(|e| (Vec::new(), Err(format!("the writer thread failed: {e}"))))
+    /// Writes `rows` in one transaction; gives the (emptied) vector back.
+    /// Fails at once while an earlier batch is still being written.
+    pub async fn insert(&self, rows: Vec<UsageRecord>) -> Written {
+        if self.busy.swap(true, Ordering::Acquire) {
+            let error = "an earlier batch is still being written".to_owned();
+            return (rows, Err(error));
+        }
+        let stopped = || {
+            self.busy.store(false, Ordering::Release);
+            Err("the writer's thread has stopped".to_owned())
+        };
+        let (answer, written) = oneshot::channel();
+        if let Err(mpsc::SendError((rows, _))) = self.batches.send((rows, answer)) {
+            return (rows, stopped());
+        }
+        written.await.unwrap_or_else(|_| (Vec::new(), stopped()))
     }
 }
 

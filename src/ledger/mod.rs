@@ -22,6 +22,7 @@ mod direct;
 pub mod journal;
 mod schema;
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,8 +169,14 @@ impl Ledger {
             )),
             None => None,
         };
+        // The file sqlx resolved from the URL (a `%` or `?` in the path
+        // means to sqlx what it does in a URL), so both open the same one.
         let direct = match &config.backend {
-            Storage::Sqlite(path) if path != ":memory:" => Some(direct::Direct::open(path)?),
+            Storage::Sqlite(path) if path != ":memory:" => {
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                    .map_err(|e| format!("cannot open the usage ledger ({path}): {e}"))?;
+                Some(direct::Direct::open(options.get_filename())?)
+            }
             _ => None,
         };
         let (tx, rx) = mpsc::channel(config.queue_capacity);

@@ -7,7 +7,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// Host or X-Forwarded-*: the upstream sees the gateway's key and nothing of
 /// the client's. Anthropic's version and beta headers choose the API's
 /// behaviour, so they pass.
-const TO_UPSTREAM: [HeaderName; 5] = [
+pub const TO_UPSTREAM: [HeaderName; 5] = [
     header::ACCEPT,
     header::ACCEPT_LANGUAGE,
     header::USER_AGENT,
@@ -16,7 +16,7 @@ const TO_UPSTREAM: [HeaderName; 5] = [
 ];
 
 /// Upstream headers passed to the client. Never Set-Cookie.
-const TO_CLIENT: [HeaderName; 4] = [
+pub const TO_CLIENT: [HeaderName; 4] = [
     header::CONTENT_TYPE,
     header::CACHE_CONTROL,
     header::RETRY_AFTER,

@@ -54,6 +54,10 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
+// The gateway's own allow-lists and tokens' issuer.
+use deepseek_proxy::auth::jwt::ISSUER;
+use deepseek_proxy::proxy::headers::{TO_CLIENT, TO_UPSTREAM};
+
 /// The bench's quotas (`bench/src/procs.rs`, `bench/lib.sh`), none reached.
 const REQUESTS_PER_MINUTE: usize = 1_000_000;
 const TOKENS_PER_DAY: u64 = 1_000_000_000_000;
@@ -66,25 +70,11 @@ const DEFAULT_MAX_TOKENS: u64 = 8192;
 const MAX_BODY: usize = 4 << 20;
 /// How long DeepSeek's answer may take to start.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// The gateway's allow-lists (`src/proxy/headers.rs`).
-const TO_UPSTREAM: [HeaderName; 5] = [
-    header::ACCEPT,
-    header::ACCEPT_LANGUAGE,
-    header::USER_AGENT,
-    HeaderName::from_static("anthropic-version"),
-    HeaderName::from_static("anthropic-beta"),
-];
-const TO_CLIENT: [HeaderName; 4] = [
-    header::CONTENT_TYPE,
-    header::CACHE_CONTROL,
-    header::RETRY_AFTER,
-    HeaderName::from_static("x-ds-trace-id"),
-];
-/// The gateway's histogram buckets, in seconds.
+/// Latency histogram buckets, in seconds (the gateway's histograms have
+/// 12 and 17).
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0, 60.0,
 ];
-const ISSUER: &str = "deepseek_proxy";
 
 pub type Answer = Response<Either<Tapped, Full<Bytes>>>;
 /// A request turned away: its status and message.
