@@ -406,3 +406,35 @@ async fn large_batches_land_whole_in_postgres() {
         .execute(&pool)
         .await;
 }
+
+/// An in-memory ledger (`--demo`'s, the tests') keeps its tables and rows
+/// when the pool closes its one connection and opens another.
+#[tokio::test]
+async fn an_in_memory_ledger_survives_its_connection_being_replaced() {
+    let ledger = Ledger::open(&StorageConfig {
+        backend: Storage::Sqlite(":memory:".into()),
+        queue_capacity: 100,
+        journal_path: None,
+    })
+    .await
+    .expect("ledger opens");
+    ledger.record(UsageRecord {
+        request_id: "before".into(),
+        username: "user1".into(),
+        outcome: "completed".into(),
+        ..UsageRecord::default()
+    });
+    ledger.flush().await;
+    let connection = ledger
+        .pool()
+        .acquire()
+        .await
+        .expect("the pool's connection");
+    connection.close().await.expect("closed");
+    let rows = ledger
+        .recent(None, 10)
+        .await
+        .expect("the table is still there");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].request_id, "before");
+}

@@ -121,6 +121,11 @@ pub struct Ledger {
     dropped: Arc<AtomicU64>,
     /// For reads (admin API, usage command); the writer has its own handle.
     pool: AnyPool,
+    /// An in-memory database's spare connection, never used: the
+    /// database lives as long as one connection to it is open, so this
+    /// keeps it when the pool closes and replaces its own one (after a
+    /// failed check on release, say).
+    _keeper: Option<Arc<tokio::sync::Mutex<sqlx::AnyConnection>>>,
     journal: Option<Arc<journal::Journal>>,
 }
 
@@ -142,14 +147,23 @@ impl Ledger {
         journal_path: Option<&std::path::Path>,
     ) -> Result<Ledger, String> {
         sqlx::any::install_default_drivers();
-        let url = config.url();
-        let is_memory = url.contains(":memory:");
+        let is_memory = config.url().contains(":memory:");
+        // An in-memory database by a name of its own (sqlx's `:memory:`
+        // gets a new name at each connect), so that the keeper below and
+        // any connection the pool opens later reach the same one.
+        let url = match is_memory {
+            true => format!(
+                "sqlite:file:deepseek_proxy-ledger-{}?mode=memory",
+                uuid::Uuid::new_v4().simple()
+            ),
+            false => config.url(),
+        };
         let mut options = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10));
         if is_memory {
-            // An in-memory SQLite database lives and dies with its one
-            // connection: never let the pool close or replace it.
+            // One connection: its tables are shared with the keeper's
+            // (SQLite's shared cache), which locks table by table.
             options = options
                 .max_connections(1)
                 .min_connections(1)
@@ -160,6 +174,15 @@ impl Ledger {
             .connect(&url)
             .await
             .map_err(|e| format!("cannot open the usage ledger ({}): {e}", config.describe()))?;
+        let keeper = match is_memory {
+            true => {
+                use sqlx::ConnectOptions;
+                let keeper = pool.connect_options().connect().await;
+                let keeper = keeper.map_err(|e| format!("cannot open the usage ledger: {e}"))?;
+                Some(Arc::new(tokio::sync::Mutex::new(keeper)))
+            }
+            false => None,
+        };
         schema::migrate(&pool, url.starts_with("sqlite"))
             .await
             .map_err(|e| format!("cannot prepare the usage ledger schema: {e}"))?;
@@ -201,6 +224,7 @@ impl Ledger {
             wake_at: BATCH_ROWS.min(config.queue_capacity / 2).max(1),
             dropped,
             pool,
+            _keeper: keeper,
             journal,
         })
     }
