@@ -28,7 +28,7 @@ target/release/fake_deepseek --addr "127.0.0.1:$FAKE" --key "$BENCH_KEY" >/dev/n
 FAKE_PID=$!
 target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare.out 2>&1 &
 BARE_PID=$!
-BARE_JOB=$W/job BARE_JWT_SECRET=$(printf 'b%.0s' $(seq 40)) BARE_UPSTREAM_KEY=$BENCH_KEY \
+BARE_JOB=$W/job BARE_JWT_SECRET=$BENCH_JWT_SECRET BARE_UPSTREAM_KEY=$BENCH_KEY \
   target/release/bare_proxy 127.0.0.1:0 "http://127.0.0.1:$FAKE" >$W/bare_job.out 2>&1 &
 BARE_JOB_PID=$!
 gateway_toml $W $P $FAKE 1

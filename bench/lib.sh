@@ -3,6 +3,9 @@
 
 # The key the fake DeepSeek is started with (`--key`).
 BENCH_KEY=sk-bench
+# The gateways' `jwt_secret`, and the bare-job peer's (`BARE_JWT_SECRET`),
+# so that one's tokens are valid at the other.
+BENCH_JWT_SECRET=$(printf 'b%.0s' $(seq 40))
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -11,16 +14,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # its journal, quotas and a budget for every user, none reached), users
 # user0..user<USERS-1> with passwords pw0.., in front of the fake.
 gateway_toml() {
-  python3 - "$@" "$BENCH_KEY" <<'PY'
+  python3 - "$@" "$BENCH_KEY" "$BENCH_JWT_SECRET" <<'PY'
 import sys
-work, port, fake, n, key = sys.argv[1:]
+work, port, fake, n, key, secret = sys.argv[1:]
 users = "".join(f'[[auth.users]]\nusername = "user{i}"\npassword = "pw{i}"\n' for i in range(int(n)))
 open(f"{work}/gw.toml", "w").write(f'''[server]
 host = "127.0.0.1"
 port = {port}
 max_connections = 50000
 [auth]
-jwt_secret = "{'b' * 40}"
+jwt_secret = "{secret}"
 login_max_failures_per_ip_per_minute = 1000000
 {users}
 [deepseek]
