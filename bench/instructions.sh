@@ -12,6 +12,9 @@
 # PROFILE_OUT keeps the callgrind file (`callgrind_annotate --inclusive=yes`).
 # BENCH_STATE=redis puts the gateway's state in the Redis at
 # 127.0.0.1:6379 (a key prefix of its own) instead of memory.
+# BENCH_PEER=bare-job counts the bare proxy doing the gateway's job instead
+# (GATEWAY_BIN is then target/release/bare_proxy, run with `BARE_JOB`):
+# the floor of the same work, in the same units.
 # Needs valgrind, wrk and python3.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bench/instructions.sh GATEWAY_BIN [LABEL] [PROFILE_OUT]" >&2; exit 2; }
@@ -29,10 +32,24 @@ gateway_toml $W $P $FAKE 1
 if [ "${BENCH_STATE:-memory}" = redis ]; then
   printf '[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379"\nkey_prefix = "instr%s:"\n' $$ >> $W/gw.toml
 fi
-RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file=$W/cg.out $BIN --config $W/gw.toml >/dev/null 2>$W/log &
-VG=$!
-wait_healthy $P 120   # valgrind starts slowly
-chat_lua $W/r.lua "http://127.0.0.1:$P" 1
+if [ "${BENCH_PEER:-gateway}" = bare-job ]; then
+  # The gateway logs its user in for the token; bare-job takes its tokens.
+  RUST_LOG=warn target/release/deepseek_proxy --config $W/gw.toml >/dev/null 2>&1 &
+  GW=$!
+  wait_healthy $P
+  chat_lua $W/r.lua "http://127.0.0.1:$P" 1
+  kill $GW; wait $GW 2>/dev/null || true
+  mkdir $W/job; J=$(free_port)
+  BARE_JOB=$W/job BARE_JWT_SECRET=$BENCH_JWT_SECRET BARE_UPSTREAM_KEY=$BENCH_KEY \
+    valgrind --tool=callgrind --callgrind-out-file=$W/cg.out $BIN "127.0.0.1:$J" "http://127.0.0.1:$FAKE" >$W/job.out 2>$W/log &
+  VG=$!; P=$J
+  for _ in $(seq 1200); do grep -q 'listening on' $W/job.out && break; sleep 0.1; done
+else
+  RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file=$W/cg.out $BIN --config $W/gw.toml >/dev/null 2>$W/log &
+  VG=$!
+  wait_healthy $P 120   # valgrind starts slowly
+  chat_lua $W/r.lua "http://127.0.0.1:$P" 1
+fi
 wrk -t1 -c1 -d5s -s $W/r.lua "http://127.0.0.1:$P" >/dev/null
 sleep 1.5   # the ledger's writer flushes once a second
 callgrind_control -z $VG >/dev/null

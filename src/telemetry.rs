@@ -2,9 +2,10 @@
 //! as text or, with `[server] log_format = "json"`, one JSON object a line.
 
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -28,22 +29,59 @@ pub fn is_json() -> bool {
 /// `access_log` itself.
 pub const ACCESS_TARGET: &str = "deepseek_proxy::access";
 
+/// Where the access log's text lines go when they skip `tracing`.
+type Direct = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+static DIRECT: OnceLock<Direct> = OnceLock::new();
+
+/// The access log's own writer: set when the log is text without colours
+/// and `RUST_LOG` lets the access log's lines through (decided once, at
+/// start). The access log then writes its whole line, time and level
+/// included, with one `write`, and skips `tracing`'s dispatch and
+/// formatting (BENCHMARKS.md, issue 15). Its lines look the same.
+pub fn access_writer() -> Option<&'static Direct> {
+    DIRECT.get()
+}
+
 pub fn init(format: LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    init_with(format, std::io::stderr, std::io::stderr, ansi);
+    let direct = |line: &[u8]| {
+        let _ = std::io::stderr().write_all(line);
+    };
+    init_with(
+        format,
+        std::io::stderr,
+        std::io::stderr,
+        ansi,
+        Box::new(direct),
+    );
 }
 
 /// Appends to the file at `path` instead of stderr (a Windows service has
 /// no console).
 pub fn init_to_file(format: LogFormat, path: &Path) -> std::io::Result<()> {
     let open = || OpenOptions::new().create(true).append(true).open(path);
-    // Two handles on one file in append mode: each line is one write.
-    init_with(format, Mutex::new(open()?), Mutex::new(open()?), false);
+    // Handles on one file in append mode: each line is one write.
+    let file = Mutex::new(open()?);
+    let direct = move |line: &[u8]| {
+        let _ = file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(line);
+    };
+    init_with(
+        format,
+        Mutex::new(open()?),
+        Mutex::new(open()?),
+        false,
+        Box::new(direct),
+    );
     Ok(())
 }
 
-/// `access` takes the access log's lines, `rest` everything else.
-fn init_with<A, W>(format: LogFormat, access: A, rest: W, ansi: bool)
+/// `access` takes the access log's lines, `rest` everything else;
+/// `direct` takes the access log's own text lines (see [`access_writer`]).
+fn init_with<A, W>(format: LogFormat, access: A, rest: W, ansi: bool, direct: Direct)
 where
     A: for<'a> MakeWriter<'a> + Send + Sync + 'static,
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -55,7 +93,7 @@ where
 
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => tracing_subscriber::fmt()
             .with_env_filter(filter())
             .with_writer(rest)
@@ -89,4 +127,8 @@ where
                 .is_ok()
         }
     };
+    let plain_text = format == LogFormat::Text && !ansi;
+    if installed && plain_text && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        let _ = DIRECT.set(direct);
+    }
 }

@@ -251,7 +251,7 @@ async fn completion(
                 cx.request_id.0.to_str().unwrap_or("-").to_owned(),
                 account.username.clone(),
                 route.name(),
-                served.map(|m| m.chars().take(64).collect()),
+                served.map(|m| crate::access_log::clip(m, 64)),
                 checked.stream,
             )
         });

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use http_body::Frame;
 
@@ -27,6 +27,9 @@ use crate::metrics::Observed;
 use crate::proxy::hold::Billed;
 use crate::state::AppState;
 use crate::usage::Usage;
+use text::TextLine;
+
+mod text;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_CLIENT_REQUEST_ID_BYTES: usize = 128;
@@ -128,7 +131,7 @@ impl RequestLog {
     /// Marks the request as upstream-bound, for the usage ledger.
     pub fn set_request(&self, request: &Requested<'_>, token_id: u128) {
         // Client-chosen: kept short for the ledger and the metrics.
-        let short = |m: &str| m.chars().take(MAX_MODEL_CHARS).collect::<String>();
+        let short = |m: &str| clip(m, MAX_MODEL_CHARS);
         self.with(|r| {
             r.route = Some(request.route);
             r.token_id = token_id;
@@ -371,14 +374,9 @@ fn start(state: &AppState, req: &mut Request) -> Line {
     let line = Line {
         state: state.clone(),
         request_id: id.clone(),
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path()
-            .chars()
-            .take(MAX_LOGGED_PATH_CHARS)
-            .collect(),
-        client: client.to_string(),
+        method: req.method().clone(),
+        path: clip(req.uri().path(), MAX_LOGGED_PATH_CHARS),
+        client: ip_text(client),
         log: log.clone(),
         start,
         status: 0,
@@ -394,7 +392,7 @@ struct Line {
     /// For the ledger and the metrics (one reference count to clone).
     state: AppState,
     request_id: HeaderValue,
-    method: String,
+    method: Method,
     path: String,
     client: String,
     log: RequestLog,
@@ -563,7 +561,7 @@ impl Line {
                 request_id: l.request_id.to_str().unwrap_or("-").to_owned(),
                 ts_ms: unix_ms(),
                 username: r.user.clone().unwrap_or_default(),
-                token_id: format!("{:032x}", r.token_id),
+                token_id: uuid::Uuid::from_u128(r.token_id).simple().to_string(),
                 key_id: r.key_id.as_deref().map(str::to_owned),
                 upstream: r.upstream.clone(),
                 attempts: (r.attempts > 0).then_some(i64::from(r.attempts)),
@@ -616,12 +614,15 @@ impl Drop for Written {
 }
 
 /// The request's one line, with the fields in a fixed order. As text (the
-/// default), the line is formatted here, in one pass, and handed to
-/// `tracing` as the event's message: the output is what `tracing`'s own
-/// field formatting printed, at a fraction of its cost (BENCHMARKS.md,
-/// issue 15). As JSON, the fields are the event's own.
+/// default), the line is written here, in one pass ([`text`]): whole, to
+/// the log's own writer ([`crate::telemetry::access_writer`]), or, when
+/// the log is in colour, as `tracing`'s message. As JSON, the fields are
+/// the event's own.
 fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
-    if !tracing::enabled!(target: crate::telemetry::ACCESS_TARGET, tracing::Level::INFO) {
+    let direct = crate::telemetry::access_writer();
+    if direct.is_none()
+        && !tracing::enabled!(target: crate::telemetry::ACCESS_TARGET, tracing::Level::INFO)
+    {
         return;
     }
     let count = |f: fn(&Usage) -> u64| r.usage.as_ref().map(f);
@@ -632,8 +633,8 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
     let model = r.model.as_deref().unwrap_or("-");
     let upstream = r.upstream.as_deref().unwrap_or("-");
     let error = l.error.unwrap_or("-");
-    let latency_ms = ms(l.start.elapsed());
-    let ttfb_ms = r.ttfb.map(ms).unwrap_or(0.0);
+    let latency = l.start.elapsed();
+    let ttfb = r.ttfb.unwrap_or_default();
     let cost_micros = r.billed.and_then(|b| b.cost).map(|c| c.micros);
     let trace_id = r.trace_id.as_ref().and_then(|v| v.to_str().ok());
     if crate::telemetry::is_json() {
@@ -653,8 +654,8 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
             upstream_status = r.upstream_status.unwrap_or(0),
             error = %error,
             outcome = %outcome,
-            latency_ms,
-            ttfb_ms,
+            latency_ms = ms(latency),
+            ttfb_ms = ms(ttfb),
             bytes_in = r.bytes_in,
             bytes_out,
             prompt_tokens = count(|u| u.prompt_tokens),
@@ -673,22 +674,29 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
     // format or space character, so none can forge a line, a field, or a
     // terminal's state (this line skips the formatter's escaping).
     let (model, path) = (printable(model), printable(&l.path));
-    use std::fmt::Write;
-    let mut line = String::with_capacity(512);
-    // Writing to a String cannot fail.
-    let _ = write!(
-        line,
-        "request request_id={request_id} method={} path={path} client={} user={user} \
-         key_id={key_id} format={format} model={model} upstream={upstream} attempts={} \
-         status={} upstream_status={} error={error} outcome={outcome} latency_ms={latency_ms:?} \
-         ttfb_ms={ttfb_ms:?} bytes_in={} bytes_out={bytes_out}",
-        l.method,
-        l.client,
-        r.attempts,
-        l.status,
-        r.upstream_status.unwrap_or(0),
-        r.bytes_in,
-    );
+    let mut line = match direct {
+        Some(_) => TextLine::stamped(std::time::SystemTime::now()),
+        None => TextLine::bare(),
+    };
+    line.push("request");
+    line.text("request_id", request_id);
+    line.text("method", l.method.as_str());
+    line.text("path", &path);
+    line.text("client", &l.client);
+    line.text("user", user);
+    line.text("key_id", key_id);
+    line.text("format", format);
+    line.text("model", &model);
+    line.text("upstream", upstream);
+    line.number("attempts", r.attempts.into());
+    line.number("status", l.status.into());
+    line.number("upstream_status", r.upstream_status.unwrap_or(0).into());
+    line.text("error", error);
+    line.text("outcome", outcome);
+    line.millis("latency_ms", latency);
+    line.millis("ttfb_ms", ttfb);
+    line.number("bytes_in", r.bytes_in);
+    line.number("bytes_out", bytes_out);
     let optional = [
         ("prompt_tokens", count(|u| u.prompt_tokens)),
         ("completion_tokens", count(|u| u.completion_tokens)),
@@ -700,13 +708,16 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
     ];
     for (name, value) in optional {
         if let Some(value) = value {
-            let _ = write!(line, " {name}={value}");
+            line.number(name, value);
         }
     }
     if let Some(id) = trace_id {
-        let _ = write!(line, " ds_trace_id={id}");
+        line.text("ds_trace_id", id);
     }
-    tracing::info!(target: crate::telemetry::ACCESS_TARGET, "{line}");
+    match direct {
+        Some(write) => write(line.finish().as_bytes()),
+        None => tracing::info!(target: crate::telemetry::ACCESS_TARGET, "{}", line.as_str()),
+    }
 }
 
 /// `text` with every control, whitespace and invisible formatting
@@ -717,12 +728,43 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
             || c.is_whitespace()
             || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
     };
+    // Most lines: printable ASCII, checked a byte at a time.
+    if text.bytes().all(|b| b.is_ascii_graphic()) {
+        return text.into();
+    }
     match text.chars().any(unsafe_char) {
         true => text
             .chars()
             .map(|c| if unsafe_char(c) { '?' } else { c })
             .collect(),
         false => text.into(),
+    }
+}
+
+/// `text`'s first `max_chars` characters.
+pub fn clip(text: &str, max_chars: usize) -> String {
+    match text.len() <= max_chars {
+        // No more bytes than that: no more characters either.
+        true => text.to_owned(),
+        false => text.chars().take(max_chars).collect(),
+    }
+}
+
+/// The client's address as text (`to_string` takes three times as long
+/// for an IPv4 address).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(itoa::Buffer::new().format(octet));
+            }
+            text
+        }
+        std::net::IpAddr::V6(_) => ip.to_string(),
     }
 }
 
@@ -739,6 +781,37 @@ fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipped_texts_keep_whole_characters() {
+        assert_eq!(clip("deepseek-flash", 64), "deepseek-flash");
+        assert_eq!(clip("abcdef", 3), "abc");
+        // Four characters, twelve bytes: longer than 5 bytes, kept whole.
+        assert_eq!(clip("深度求索", 5), "深度求索");
+        assert_eq!(clip("深度求索", 2), "深度");
+    }
+
+    #[test]
+    fn addresses_print_as_rust_prints_them() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.20.3.4",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("an address");
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn printable_texts_pass_and_others_are_masked() {
+        assert_eq!(printable("deepseek-flash"), "deepseek-flash");
+        assert_eq!(printable("深度求索"), "深度求索");
+        assert_eq!(printable("a b\nc\u{202e}d"), "a?b?c?d");
+    }
 
     #[test]
     fn generated_request_ids_are_32_hex_digits_and_never_repeat() {
