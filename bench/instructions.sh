@@ -14,7 +14,8 @@
 # 127.0.0.1:6379 (a key prefix of its own) instead of memory.
 # BENCH_PEER=bare-job counts the bare proxy doing the gateway's job instead
 # (GATEWAY_BIN is then target/release/bare_proxy, run with `BARE_JOB`):
-# the floor of the same work, in the same units.
+# the floor of the same work, in the same units; BENCH_PEER=bare, the bare
+# proxy forwarding alone.
 # Needs valgrind, wrk and python3.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bench/instructions.sh GATEWAY_BIN [LABEL] [PROFILE_OUT]" >&2; exit 2; }
@@ -32,7 +33,13 @@ gateway_toml $W $P $FAKE 1
 if [ "${BENCH_STATE:-memory}" = redis ]; then
   printf '[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379"\nkey_prefix = "instr%s:"\n' $$ >> $W/gw.toml
 fi
-if [ "${BENCH_PEER:-gateway}" = bare-job ]; then
+if [ "${BENCH_PEER:-gateway}" = bare ]; then
+  chat_lua $W/r.lua "" 0   # the fake's own key, passed through
+  J=$(free_port)
+  valgrind --tool=callgrind --callgrind-out-file=$W/cg.out $BIN "127.0.0.1:$J" "http://127.0.0.1:$FAKE" >$W/job.out 2>$W/log &
+  VG=$!; P=$J
+  for _ in $(seq 1200); do grep -q 'listening on' $W/job.out && break; sleep 0.1; done
+elif [ "${BENCH_PEER:-gateway}" = bare-job ]; then
   # The gateway logs its user in for the token; bare-job takes its tokens.
   RUST_LOG=warn target/release/deepseek_proxy --config $W/gw.toml >/dev/null 2>&1 &
   GW=$!

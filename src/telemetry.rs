@@ -1,5 +1,7 @@
 //! Log setup: `tracing` to stderr, level from `RUST_LOG` (default `info`),
 //! as text or, with `[server] log_format = "json"`, one JSON object a line.
+//! As plain text, the access log writes its own lines
+//! ([`access_writer`]), in the same format.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -38,7 +40,9 @@ static DIRECT: OnceLock<Direct> = OnceLock::new();
 /// and `RUST_LOG` lets the access log's lines through (decided once, at
 /// start). The access log then writes its whole line, time and level
 /// included, with one `write`, and skips `tracing`'s dispatch and
-/// formatting (BENCHMARKS.md, issue 15). Its lines look the same.
+/// formatting (BENCHMARKS.md, issue 15). Its lines have `tracing`'s
+/// time and level in the same format (the gateway opens no spans, so
+/// there is no span prefix to miss).
 pub fn access_writer() -> Option<&'static Direct> {
     DIRECT.get()
 }
@@ -102,11 +106,13 @@ where
             .flatten_event(true)
             .try_init()
             .is_ok(),
-        // The access line comes formatted, its one client-chosen field
-        // (the model) already stripped of control characters: it skips the
-        // formatter's escaping, which walks the text one character at a
-        // time and cost more than formatting the line (BENCHMARKS.md).
-        // Every other event is escaped as usual.
+        // The access line comes formatted, its texts that others choose
+        // (path, model, user, DeepSeek's trace id) already stripped of
+        // control and space characters: it skips the formatter's escaping,
+        // which walks the text one character at a time and cost more than
+        // formatting the line (BENCHMARKS.md). It reaches this layer only
+        // in colour (a terminal) or when `RUST_LOG` keeps it off
+        // [`access_writer`]. Every other event is escaped as usual.
         LogFormat::Text => {
             let is_access = |m: &tracing::Metadata<'_>| m.target() == ACCESS_TARGET;
             let access = tracing_subscriber::fmt::layer()
@@ -127,8 +133,16 @@ where
                 .is_ok()
         }
     };
+    // A span or field directive (`[span]=debug`) makes the filter answer
+    // per event, and `enabled!` then says yes to every target: those
+    // settings keep the access log on `tracing`.
+    let per_event = std::env::var("RUST_LOG").is_ok_and(|v| v.contains('['));
     let plain_text = format == LogFormat::Text && !ansi;
-    if installed && plain_text && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+    if installed
+        && plain_text
+        && !per_event
+        && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
+    {
         let _ = DIRECT.set(direct);
     }
 }

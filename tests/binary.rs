@@ -1050,6 +1050,20 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
         head.contains("method=HEAD") && head.contains("outcome=completed"),
         "{head}"
     );
+    // The access log writes its own lines; they have the head `tracing`
+    // gives the gateway's other lines.
+    let head_of = |line: &str| -> String {
+        line.chars()
+            .take(34)
+            .map(|c| if c.is_ascii_digit() { '0' } else { c })
+            .collect()
+    };
+    let listening = lines
+        .iter()
+        .find(|l| l.contains(" INFO listening "))
+        .expect("the listening line");
+    assert_eq!(head_of(listening), "0000-00-00T00:00:00.000000Z  INFO ");
+    assert_eq!(head_of(&done), head_of(listening), "{done}");
     let forged = line_of("log-check-forged");
     assert!(
         forged.contains("model=evil?2026-01-01T00:00:00Z??INFO?request?forged=yes?[2J?x "),
@@ -1100,6 +1114,39 @@ async fn the_ablation_switches_do_nothing_in_a_normal_build() {
         lines.iter().filter(|l| l.contains("INFO request ")).count() >= 3,
         "{lines:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_log_decides_which_access_lines_are_written() {
+    let fake = FakeDeepSeek::start().await.expect("fake upstream");
+    let key = format!("sk-test-{}", random_hex());
+    fake.require_key(&key);
+    let dir = TempDir::new();
+    let text = config_toml(&Settings::default(), &fake.base_url(), &key, &jwt_secret());
+    let path = dir.write("config.toml", &text);
+    // A span directive makes `tracing` decide per event; the access log's
+    // own writer must not take that for a yes.
+    for (filter, written) in [
+        ("warn", false),
+        ("warn,[request]=debug", false),
+        ("info,deepseek_proxy::access=off", false),
+        ("warn,deepseek_proxy::access=info", true),
+        ("debug", true),
+    ] {
+        let mut cmd = proxy_with_config(&dir, &path);
+        cmd.env("RUST_LOG", filter);
+        let proxy = Running::start(cmd).await;
+        let token = proxy.token(ADMIN).await;
+        let response = proxy.chat(&token, &chat_body(false)).await;
+        assert_eq!(response.status(), 200);
+        let _ = response.bytes().await;
+        let lines = proxy.stop().await;
+        let access = lines
+            .iter()
+            .filter(|l| l.contains(" request request_id="))
+            .count();
+        assert_eq!(access > 0, written, "RUST_LOG={filter}: {lines:#?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -670,10 +670,12 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
         );
         return;
     }
-    // The client-chosen texts of the line (the model, the path): no control,
-    // format or space character, so none can forge a line, a field, or a
-    // terminal's state (this line skips the formatter's escaping).
-    let (model, path) = (printable(model), printable(&l.path));
+    // The texts of the line that others choose (the model, the path, the
+    // user's name, DeepSeek's trace id): no control, format or space
+    // character, so none can forge a line, a field, or a terminal's state
+    // (this line skips the formatter's escaping).
+    let (model, path, user) = (printable(model), printable(&l.path), printable(user));
+    let trace_id = trace_id.map(printable);
     let mut line = match direct {
         Some(_) => TextLine::stamped(std::time::SystemTime::now()),
         None => TextLine::bare(),
@@ -683,7 +685,7 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
     line.text("method", l.method.as_str());
     line.text("path", &path);
     line.text("client", &l.client);
-    line.text("user", user);
+    line.text("user", &user);
     line.text("key_id", key_id);
     line.text("format", format);
     line.text("model", &model);
@@ -712,7 +714,7 @@ fn log_line(l: &Line, r: &Record, outcome: &str, bytes_out: u64) {
         }
     }
     if let Some(id) = trace_id {
-        line.text("ds_trace_id", id);
+        line.text("ds_trace_id", &id);
     }
     match direct {
         Some(write) => write(line.finish().as_bytes()),
