@@ -543,18 +543,25 @@ async fn demo_mode_serves_login_and_chat_without_any_key() {
 
 /// A binary in front of a fresh fake, with `grace` seconds to drain.
 async fn proxy_in_front_of_fake(grace: u64) -> (FakeDeepSeek, TempDir, Running) {
-    let fake = FakeDeepSeek::start().await.expect("fake upstream");
-    let key = format!("sk-test-{}", random_hex());
-    fake.require_key(&key);
     let settings = Settings {
         shutdown_grace_seconds: grace,
         ..Settings::default()
     };
-    let dir = TempDir::new();
-    let text = config_toml(&settings, &fake.base_url(), &key, &jwt_secret());
-    let path = dir.write("config.toml", &text);
+    let (fake, dir, path) = config_in_front_of_fake(&settings).await;
     let proxy = Running::start(proxy_with_config(&dir, &path)).await;
     (fake, dir, proxy)
+}
+
+/// A fake DeepSeek that wants a key of its own, and a config with
+/// `settings` in front of it (`config.toml` in the directory).
+async fn config_in_front_of_fake(settings: &Settings) -> (FakeDeepSeek, TempDir, PathBuf) {
+    let fake = FakeDeepSeek::start().await.expect("fake upstream");
+    let key = format!("sk-test-{}", random_hex());
+    fake.require_key(&key);
+    let dir = TempDir::new();
+    let text = config_toml(settings, &fake.base_url(), &key, &jwt_secret());
+    let path = dir.write("config.toml", &text);
+    (fake, dir, path)
 }
 
 /// `THP_enabled` of a process's /proc status, where the kernel reports it
@@ -1081,12 +1088,7 @@ async fn every_request_gets_one_log_line_with_its_fields_even_when_abandoned_ear
 async fn the_ablation_switches_do_nothing_in_a_normal_build() {
     // `DSP_ABLATE` is read only by a build with the `ablation` feature (the
     // benchmark's); in the binary people run it must switch nothing off.
-    let fake = FakeDeepSeek::start().await.expect("fake upstream");
-    let key = format!("sk-test-{}", random_hex());
-    fake.require_key(&key);
-    let dir = TempDir::new();
-    let text = config_toml(&Settings::default(), &fake.base_url(), &key, &jwt_secret());
-    let path = dir.write("config.toml", &text);
+    let (_fake, dir, path) = config_in_front_of_fake(&Settings::default()).await;
     let mut cmd = proxy_with_config(&dir, &path);
     cmd.env(
         "DSP_ABLATE",
@@ -1118,12 +1120,7 @@ async fn the_ablation_switches_do_nothing_in_a_normal_build() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_log_decides_which_access_lines_are_written() {
-    let fake = FakeDeepSeek::start().await.expect("fake upstream");
-    let key = format!("sk-test-{}", random_hex());
-    fake.require_key(&key);
-    let dir = TempDir::new();
-    let text = config_toml(&Settings::default(), &fake.base_url(), &key, &jwt_secret());
-    let path = dir.write("config.toml", &text);
+    let (_fake, dir, path) = config_in_front_of_fake(&Settings::default()).await;
     // A span directive makes `tracing` decide per event; the access log's
     // own writer must not take that for a yes.
     for (filter, written) in [
@@ -1151,16 +1148,11 @@ async fn rust_log_decides_which_access_lines_are_written() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_are_one_object_per_line_with_the_request_fields() {
-    let fake = FakeDeepSeek::start().await.expect("fake upstream");
-    let key = format!("sk-test-{}", random_hex());
-    fake.require_key(&key);
     let settings = Settings {
         server_extra: "log_format = \"json\"".into(),
         ..Settings::default()
     };
-    let dir = TempDir::new();
-    let text = config_toml(&settings, &fake.base_url(), &key, &jwt_secret());
-    let path = dir.write("config.toml", &text);
+    let (_fake, dir, path) = config_in_front_of_fake(&settings).await;
     let proxy = Running::start(proxy_with_config(&dir, &path)).await;
     let token = proxy.token(ADMIN).await;
     let response = proxy.chat(&token, &chat_body(false)).await;

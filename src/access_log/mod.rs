@@ -27,6 +27,7 @@ use crate::metrics::Observed;
 use crate::proxy::hold::Billed;
 use crate::state::AppState;
 use crate::usage::Usage;
+pub use text::civil_date;
 use text::TextLine;
 
 mod text;

@@ -865,17 +865,8 @@ fn pseudonym(key: &ring::hmac::Key, user: &str) -> String {
 /// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the log's time.
 fn rfc3339(out: &mut String, ms: u64) {
     use std::fmt::Write as _;
-    let (days, rest) = ((ms / 86_400_000) as i64, ms % 86_400_000);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (days, rest) = (ms / 86_400_000, ms % 86_400_000);
+    let (year, month, day) = deepseek_proxy::access_log::civil_date(days);
     let _ = write!(
         out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}000Z",
