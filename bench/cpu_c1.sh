@@ -57,9 +57,13 @@ if [ -n "${MEM_PID:-}" ]; then
 fi
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 # With perf installed, also the peer's context switches per request
-# (counted over the run, idle switches included).
-cswitches() { command -v perf >/dev/null && perf stat -e context-switches -x, -o $W/cs -p $1 -- sleep 4 2>/dev/null; }
-echo "round peer p50 cpu_us_per_request fake_cpu_us_per_request context_switches_per_request"
+# (counted over the run, idle switches included), and the futex wakes its
+# threads make of each other (FUTEX_WAKE_PRIVATE: a parked worker woken).
+cswitches() {
+  command -v perf >/dev/null && perf stat -e context-switches \
+    -e syscalls:sys_enter_futex --filter 'op == 129' -x, -o $W/cs -p $1 -- sleep 4 2>/dev/null
+}
+echo "round peer p50 cpu_us_per_request fake_cpu_us_per_request context_switches_per_request futex_wakes_per_request"
 for r in $(seq $ROUNDS); do
   for peer in $PEERS; do
     case $peer in
@@ -78,6 +82,7 @@ for r in $(seq $ROUNDS); do
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     p50=$(awk '/^ +50%/ {print $2}' <<<"$out")
     cs=$(awk -F, -v n=$n '/context-switches/ {printf "%.1f", $1 / n}' $W/cs 2>/dev/null || true)
-    echo "$r $peer $p50 $(( (c1 - c0) * 10000 * 1000 / n / 1000 )) $(( (f1 - f0) * 10000 * 1000 / n / 1000 )) ${cs:--}"
+    fw=$(awk -F, -v n=$n '/sys_enter_futex/ {printf "%.2f", $1 / n}' $W/cs 2>/dev/null || true)
+    echo "$r $peer $p50 $(( (c1 - c0) * 10000 * 1000 / n / 1000 )) $(( (f1 - f0) * 10000 * 1000 / n / 1000 )) ${cs:--} ${fw:--}"
   done
 done

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 
 use crate::config::{Config, ServerConfig};
 use crate::ledger::Ledger;
+use crate::own_wakes::own_wakes;
 use crate::routes::{router, Gateway};
 use crate::state::AppState;
 
@@ -195,12 +196,13 @@ impl App {
                 gateway.clone().oneshot(req)
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
-            open.spawn(async move {
+            // Its parts wake one another; see `own_wakes`.
+            open.spawn(own_wakes(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
                 drop(permit);
-            });
+            }));
         }
 
         drop(self.listener);

@@ -24,6 +24,7 @@ pub mod formats;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod own_wakes;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
