@@ -57,8 +57,9 @@ if [ -n "${MEM_PID:-}" ]; then
 fi
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 # With perf installed, also the peer's context switches per request
-# (counted over the run, idle switches included), and the futex wakes its
-# threads make of each other (FUTEX_WAKE_PRIVATE: a parked worker woken).
+# (counted over the run, idle switches included), and its FUTEX_WAKE_PRIVATE
+# calls: mostly a parked tokio worker woken by another (also a contended
+# lock released; not the worker parked in epoll, woken through an eventfd).
 cswitches() {
   command -v perf >/dev/null && perf stat -e context-switches \
     -e syscalls:sys_enter_futex --filter 'op == 129' -x, -o $W/cs -p $1 -- sleep 4 2>/dev/null

@@ -22,7 +22,7 @@ use tower::ServiceExt;
 
 use crate::config::{Config, ServerConfig};
 use crate::ledger::Ledger;
-use crate::own_wakes::own_wakes;
+use crate::own_wakes::OwnWakes;
 use crate::routes::{router, Gateway};
 use crate::state::AppState;
 
@@ -197,7 +197,7 @@ impl App {
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
             // Its parts wake one another; see `own_wakes`.
-            open.spawn(own_wakes(async move {
+            open.spawn(OwnWakes::new(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
