@@ -97,7 +97,7 @@ impl<F: Future> Future for OwnWakes<F> {
         let mut this = self.project();
         this.hook.task.register(cx.waker());
         let mut own = Context::from_waker(this.waker);
-        for round in 1..=MAX_ROUNDS {
+        for _ in 0..MAX_ROUNDS {
             this.hook.state.store(POLLING, Ordering::Release);
             let polled = this.future.as_mut().poll(&mut own);
             // One swap, so a wake is either seen here or sent to the task.
@@ -105,7 +105,7 @@ impl<F: Future> Future for OwnWakes<F> {
             if polled.is_ready() || !woken {
                 return polled;
             }
-            if round == MAX_ROUNDS || !tokio::task::coop::has_budget_remaining() {
+            if !tokio::task::coop::has_budget_remaining() {
                 break;
             }
         }
