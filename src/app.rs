@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -196,13 +197,15 @@ impl App {
                 gateway.clone().oneshot(req)
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
-            // Its parts wake one another; see `own_wakes`.
-            open.spawn(OwnWakes::new(async move {
-                if let Err(e) = connection.await {
+            // Its parts wake one another; see `own_wakes`. A combinator, not
+            // an `async` block: the block would hold the connection twice
+            // (once captured, once being awaited), for as long as it is open.
+            open.spawn(OwnWakes::new(connection.map(move |ended| {
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
                 drop(permit);
-            }));
+            })));
         }
 
         drop(self.listener);

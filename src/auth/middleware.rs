@@ -8,7 +8,10 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+
+use futures_util::future::Either;
 
 /// Anthropic's SDKs send the key here.
 pub const X_API_KEY: &str = "x-api-key";
@@ -73,11 +76,15 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
 /// itself, the revocation check and the quotas are then one call to the
 /// store once the body is read ([`crate::store::Store::enter`]: one round
 /// trip with Redis).
-pub async fn require_token_and_claim(
+///
+/// Not an `async fn`: the future it returns is the next layer's, with no
+/// copy of the request beside it (it lives in a box for as long as the
+/// request waits for DeepSeek's answer).
+pub fn require_token_and_claim(
     State(state): State<AppState>,
     req: Request,
     next: Next,
-) -> Response {
+) -> impl Future<Output = Response> {
     let checked = authenticate(&state, req.headers()).and_then(|token| {
         if ablation::off(Part::Slot) {
             return Ok((token, None));
@@ -88,19 +95,19 @@ pub async fn require_token_and_claim(
             Claimed::Revoked => Err(ApiError::InvalidToken),
         }
     });
-    admit(checked, req, next).await
+    admit(checked, req, next)
 }
 
 /// Lets an authenticated request through (with its claim, if it took one),
 /// or answers the error.
-async fn admit(
+fn admit(
     checked: Result<(AuthToken, Option<Claim>), ApiError>,
     mut req: Request,
     next: Next,
-) -> Response {
+) -> impl Future<Output = Response> {
     let (token, claim) = match checked {
         Ok(admitted) => admitted,
-        Err(e) => return e.into_response(),
+        Err(e) => return Either::Left(std::future::ready(e.into_response())),
     };
     if let Some(log) = req.extensions().get::<RequestLog>() {
         log.set_user(&token.account.username, token.key.as_ref().map(|k| &k.id));
@@ -110,7 +117,7 @@ async fn admit(
         req.extensions_mut()
             .insert(SlotClaim(Arc::new(Mutex::new(Some(claim)))));
     }
-    next.run(req).await
+    Either::Right(next.run(req))
 }
 
 /// The claim [`require_token_and_claim`] took. Extensions must be `Clone`,
@@ -217,6 +224,21 @@ mod tests {
             HeaderValue::from_str(value).expect("header"),
         );
         h
+    }
+
+    /// The middleware's future is the next layer's, not a copy of the
+    /// request beside it (784 bytes in this debug build when wrapped in an
+    /// `async` block, 1,424 in release as the `async fn` it was).
+    #[test]
+    fn the_slot_routes_middleware_adds_little_to_the_future() {
+        fn future_size<F, A, B, C, R>(_: &F) -> usize
+        where
+            F: Fn(A, B, C) -> R,
+        {
+            std::mem::size_of::<R>()
+        }
+        let size = future_size(&require_token_and_claim);
+        assert!(size <= 512, "{size} bytes");
     }
 
     #[test]

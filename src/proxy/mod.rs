@@ -18,6 +18,8 @@ pub mod prepare;
 pub mod relay;
 pub mod upstream;
 
+use std::future::Future;
+
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -77,13 +79,13 @@ where
 macro_rules! slot_route {
     ($(#[$doc:meta] $name:ident => $route:expr;)*) => {$(
         #[$doc]
-        pub async fn $name(
+        pub fn $name(
             token: AuthToken,
             claim: SlotClaim,
             cx: Context,
             body: Body,
-        ) -> Result<Response, ApiError> {
-            completion($route, token, claim, cx, body).await
+        ) -> impl Future<Output = Result<Response, ApiError>> {
+            completion($route, token, claim, cx, body)
         }
     )*};
 }
@@ -146,124 +148,136 @@ pub async fn count_tokens(token: AuthToken, cx: Context, body: Body) -> Result<R
     .await
 }
 
-async fn completion(
+/// The pipeline of every slot route. Its future lives in a box from the
+/// request's arrival to DeepSeek's answer, so it is written to stay small:
+/// an `async` block (an `async fn` would keep its arguments twice, as
+/// arguments and as the locals they move into), and the rare, large state
+/// of a new upstream connection is boxed apart (`pool::Pool::send`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice"
+)]
+fn completion(
     route: Route,
     token: AuthToken,
     claim: SlotClaim,
     cx: Context,
     body: Body,
-) -> Result<Response, ApiError> {
-    // Held from before the body was read (a busy token was refused then);
-    // dropped on any way out until `enter` turns it into the slot.
-    let claim = claim.take();
-    if claim.is_none() && !ablation::off(Part::Slot) {
-        return Err(ApiError::Internal);
-    }
-    let mut hold = Hold::default();
-    let result = async {
-        let state = &cx.state;
-        let format = route.format();
-        let reading = Instant::now();
-        let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
-        cx.log.set_body_wait(reading.elapsed());
-        cx.log.set_bytes_in(body.len());
-        let checked = format.check(&body)?;
-        let account = &token.account;
-        // Aliases and defaults as of now; a reload mid-request changes nothing.
-        let base = state.directory.snapshot().base.clone();
-        let prepared = prepare(
-            &base.models,
-            format,
-            &checked,
-            &body,
-            account.upstream_user_id.as_deref(),
-        )?;
-        // Policy runs on the model DeepSeek will serve.
-        let served = prepared.served.as_deref();
-        if !token.may_use(served) {
-            return Err(ApiError::ModelNotAllowed);
+) -> impl Future<Output = Result<Response, ApiError>> {
+    async move {
+        // Held from before the body was read (a busy token was refused then);
+        // dropped on any way out until `enter` turns it into the slot.
+        let claim = claim.take();
+        if claim.is_none() && !ablation::off(Part::Slot) {
+            return Err(ApiError::Internal);
         }
-        // Priced as of now, the moment it is sent.
-        let now_ms = unix_ms();
-        let pricing = &base.pricing;
-        let prices = pricing.prices(served, !format.has_tokens(), now_ms);
-        // A tool call has no tokens: nothing to estimate.
-        let prompt_estimate = match format.has_tokens() {
-            true => crate::usage::estimate_tokens(&body),
-            false => 0,
-        };
-        let max_tokens = checked.max_tokens.unwrap_or(base.default_max_tokens);
-        let limits = account.limits;
-        let ask = Ask {
-            user: &account.username,
-            limits,
-            reserve: match limits.tokens_per_day {
-                0 => 0,
-                _ if !format.has_tokens() => 0,
-                _ => (body.len() as u64).saturating_add(max_tokens),
-            },
-            key: token.key.as_ref().map(|k| (&*k.id, k.budget_per_month)),
-            reserve_micros: prices.map_or(0, |p| p.list.worst_case(body.len() as u64, max_tokens)),
-            currency: pricing.currency.code(),
-            now_ms,
-        };
-        let budgeted = limits.budget_per_month > 0 || ask.key_budget() > 0;
-        if budgeted && prices.is_none() {
-            return Err(ApiError::bad_request(
-                "model_not_priced",
-                format!(
+        let mut hold = Hold::default();
+        let result = async {
+            let state = &cx.state;
+            let format = route.format();
+            let reading = Instant::now();
+            let body = read_limited(body, state.max_body_bytes, state.body_read_timeout).await?;
+            cx.log.set_body_wait(reading.elapsed());
+            cx.log.set_bytes_in(body.len());
+            let checked = format.check(&body)?;
+            let account = &token.account;
+            // Aliases and defaults as of now; a reload mid-request changes nothing.
+            let base = state.directory.snapshot().base.clone();
+            let prepared = prepare(
+                &base.models,
+                format,
+                &checked,
+                &body,
+                account.upstream_user_id.as_deref(),
+            )?;
+            // Policy runs on the model DeepSeek will serve.
+            let served = prepared.served.as_deref();
+            if !token.may_use(served) {
+                return Err(ApiError::ModelNotAllowed);
+            }
+            // Priced as of now, the moment it is sent.
+            let now_ms = unix_ms();
+            let pricing = &base.pricing;
+            let prices = pricing.prices(served, !format.has_tokens(), now_ms);
+            // A tool call has no tokens: nothing to estimate.
+            let prompt_estimate = match format.has_tokens() {
+                true => crate::usage::estimate_tokens(&body),
+                false => 0,
+            };
+            let max_tokens = checked.max_tokens.unwrap_or(base.default_max_tokens);
+            let limits = account.limits;
+            let ask = Ask {
+                user: &account.username,
+                limits,
+                reserve: match limits.tokens_per_day {
+                    0 => 0,
+                    _ if !format.has_tokens() => 0,
+                    _ => (body.len() as u64).saturating_add(max_tokens),
+                },
+                key: token.key.as_ref().map(|k| (&*k.id, k.budget_per_month)),
+                reserve_micros: prices
+                    .map_or(0, |p| p.list.worst_case(body.len() as u64, max_tokens)),
+                currency: pricing.currency.code(),
+                now_ms,
+            };
+            let budgeted = limits.budget_per_month > 0 || ask.key_budget() > 0;
+            if budgeted && prices.is_none() {
+                return Err(ApiError::bad_request(
+                    "model_not_priced",
+                    format!(
                     "your account has a budget, and the gateway has no price for model \"{}\": \
                      ask its operator to add it under [pricing.models]",
                     served.unwrap_or("-").chars().take(64).collect::<String>()
                 ),
-            ));
-        }
-        // The slot and the quotas in one step (one round trip with Redis).
-        let ask = (ask.is_limited() && !ablation::off(Part::Quota)).then_some(ask);
-        match state.store.enter(token.token_id, claim, ask).await? {
-            Entry::Granted { lease, permit } => {
-                hold.slot = lease;
-                hold.charge = permit;
+                ));
             }
-            Entry::Busy => return Err(ApiError::TokenBusy),
-            Entry::Revoked => return Err(ApiError::InvalidToken),
-            Entry::Refused(refusal) => return Err(ApiError::Quota(refusal)),
+            // The slot and the quotas in one step (one round trip with Redis).
+            let ask = (ask.is_limited() && !ablation::off(Part::Quota)).then_some(ask);
+            match state.store.enter(token.token_id, claim, ask).await? {
+                Entry::Granted { lease, permit } => {
+                    hold.slot = lease;
+                    hold.charge = permit;
+                }
+                Entry::Busy => return Err(ApiError::TokenBusy),
+                Entry::Revoked => return Err(ApiError::InvalidToken),
+                Entry::Refused(refusal) => return Err(ApiError::Quota(refusal)),
+            }
+            hold.bill = Some(Bill {
+                prices,
+                prompt_estimate,
+                billable: true,
+                log: cx.log.clone(),
+                relayed: 0,
+            });
+            // From here the request goes upstream: it gets a ledger row.
+            cx.log.set_request(
+                &Requested {
+                    route,
+                    requested: prepared.requested.as_deref(),
+                    served,
+                    stream: checked.stream,
+                },
+                token.token_id,
+            );
+            hold.active = (!ablation::off(Part::Active)).then(|| {
+                state.active.register(
+                    cx.request_id.0.to_str().unwrap_or("-").to_owned(),
+                    account.username.clone(),
+                    route.name(),
+                    served.map(|m| crate::access_log::clip(m, 64)),
+                    checked.stream,
+                )
+            });
+            forward(route, &cx, Some(prepared.body.clone()), served, &mut hold).await
         }
-        hold.bill = Some(Bill {
-            prices,
-            prompt_estimate,
-            billable: true,
-            log: cx.log.clone(),
-            relayed: 0,
-        });
-        // From here the request goes upstream: it gets a ledger row.
-        cx.log.set_request(
-            &Requested {
-                route,
-                requested: prepared.requested.as_deref(),
-                served,
-                stream: checked.stream,
-            },
-            token.token_id,
-        );
-        hold.active = (!ablation::off(Part::Active)).then(|| {
-            state.active.register(
-                cx.request_id.0.to_str().unwrap_or("-").to_owned(),
-                account.username.clone(),
-                route.name(),
-                served.map(|m| crate::access_log::clip(m, 64)),
-                checked.stream,
-            )
-        });
-        forward(route, &cx, Some(prepared.body.clone()), served, &mut hold).await
+        .await;
+        // An error answer goes out only once the slot is free, so a client that
+        // retries at once is not refused by its own previous request. DeepSeek
+        // charges nothing for a request it failed or never answered.
+        hold.not_billable();
+        hold.release(None, 0).await;
+        result
     }
-    .await;
-    // An error answer goes out only once the slot is free, so a client that
-    // retries at once is not refused by its own previous request. DeepSeek
-    // charges nothing for a request it failed or never answered.
-    hold.not_billable();
-    hold.release(None, 0).await;
-    result
 }
 
 fn unix_ms() -> u64 {
@@ -326,4 +340,27 @@ async fn forward(
     *out.status_mut() = status;
     *out.headers_mut() = out_headers;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a four-argument handler returns.
+    fn future_size<F, A, B, C, D, R>(_: &F) -> usize
+    where
+        F: Fn(A, B, C, D) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// A slot route's future is boxed for as long as a stream starts (the
+    /// body read, the slot, DeepSeek's answer): 1,000 streams starting at
+    /// once hold 1,000 of them. It was 4,416 bytes in this (debug) build
+    /// before issue 15's tenth round (BENCHMARKS.md).
+    #[test]
+    fn a_slot_routes_future_is_small() {
+        let size = future_size(&chat);
+        assert!(size <= 3_500, "{size} bytes");
+    }
 }

@@ -186,45 +186,56 @@ impl Pool {
     /// for the response head, driving the connection meanwhile. The body of
     /// the answer drives it from then on, and gives it back to the pool once
     /// read to the end.
-    pub async fn send(
+    ///
+    /// Not an `async fn`, which would hold the request twice; and a new
+    /// connection's state (hyper's handshake, the connector's) is boxed
+    /// while it is made, so the usual case, a pooled connection, does not
+    /// carry its room in every request's future.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds the request twice"
+    )]
+    pub fn send(
         self: &Arc<Self>,
         mut request: Request<Full<Bytes>>,
-    ) -> Result<Response<Driven>, SendError> {
-        loop {
-            let (mut conn, reused) = match self.take() {
-                Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
-            };
-            if !conn.ready().await {
-                if reused {
-                    continue;
+    ) -> impl Future<Output = Result<Response<Driven>, SendError>> + '_ {
+        async move {
+            loop {
+                let (mut conn, reused) = match self.take() {
+                    Some(conn) => (conn, true),
+                    None => (Box::pin(self.connect()).await?, false),
+                };
+                if !conn.ready().await {
+                    if reused {
+                        continue;
+                    }
+                    return Err(SendError::Connect("the connection closed at once".into()));
                 }
-                return Err(SendError::Connect("the connection closed at once".into()));
-            }
-            let mut sent = pin!(conn.sender.try_send_request(request));
-            let answer = poll_fn(|cx| {
-                if let Poll::Ready(answer) = sent.as_mut().poll(cx) {
-                    return Poll::Ready(answer);
+                let mut sent = pin!(conn.sender.try_send_request(request));
+                let answer = poll_fn(|cx| {
+                    if let Poll::Ready(answer) = sent.as_mut().poll(cx) {
+                        return Poll::Ready(answer);
+                    }
+                    // If the connection is gone, `sent` has its error now.
+                    conn.drive(cx);
+                    sent.as_mut().poll(cx)
+                })
+                .await;
+                match answer {
+                    Ok(response) => {
+                        return Ok(response.map(|body| Driven {
+                            body,
+                            conn: Some(conn),
+                            pool: Arc::clone(self),
+                            ended: false,
+                        }))
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Never sent: a stale pooled connection. Try a new one.
+                        Some(unsent) if reused => request = unsent,
+                        _ => return Err(SendError::Request(e.into_error())),
+                    },
                 }
-                // If the connection is gone, `sent` has its error now.
-                conn.drive(cx);
-                sent.as_mut().poll(cx)
-            })
-            .await;
-            match answer {
-                Ok(response) => {
-                    return Ok(response.map(|body| Driven {
-                        body,
-                        conn: Some(conn),
-                        pool: Arc::clone(self),
-                        ended: false,
-                    }))
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never sent: a stale pooled connection. Try a new one.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
             }
         }
     }
@@ -317,6 +328,21 @@ mod tests {
             .await
             .expect("body")
             .to_bytes()
+    }
+
+    /// A new connection's state is boxed apart, and the request is not
+    /// held twice: 1,576 bytes in this (debug) build with the connection
+    /// made inline.
+    #[test]
+    fn sending_on_a_pooled_connection_is_a_small_future() {
+        fn future_size<F, A, B, R>(_: &F) -> usize
+        where
+            F: Fn(A, B) -> R,
+        {
+            std::mem::size_of::<R>()
+        }
+        let size = future_size::<_, &'static Arc<Pool>, Request<Full<Bytes>>, _>(&Pool::send);
+        assert!(size <= 800, "{size} bytes");
     }
 
     fn idle_count(pool: &Pool) -> usize {
