@@ -41,7 +41,7 @@ pub struct AuthToken {
 impl AuthToken {
     /// Whether this caller may use `model`: its user may, and so may its key.
     pub fn may_use(&self, model: Option<&str>) -> bool {
-        self.account.may_use(model) && self.key.as_ref().map_or(true, |k| k.may_use(model))
+        self.account.may_use(model) && self.key.as_ref().is_none_or(|k| k.may_use(model))
     }
 
     /// The slots a request with this caller may take: a login token's one,
@@ -227,9 +227,11 @@ mod tests {
     }
 
     /// The middleware's future is the next layer's, not a copy of the
-    /// request beside it (784 bytes in this debug build when wrapped in an
-    /// `async` block, 1,424 in release as the `async fn` it was).
+    /// request beside it: 304 bytes in the debug build, 1,952 as the
+    /// `async fn`s it was before issue 15's tenth round (784 with only
+    /// `admit`'s call wrapped in an `async` block again).
     #[test]
+    #[cfg_attr(not(debug_assertions), ignore = "the bound is the debug build's")]
     fn the_slot_routes_middleware_adds_little_to_the_future() {
         fn future_size<F, A, B, C, R>(_: &F) -> usize
         where

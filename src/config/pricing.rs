@@ -131,7 +131,7 @@ fn clock(text: &str) -> Option<u32> {
         .map(|p| p.parse().ok())
         .collect::<Option<_>>()?;
     let seconds = n[0] * 3600 + n[1] * 60 + n.get(2).copied().unwrap_or(0);
-    (n[1] < 60 && n.get(2).map_or(true, |&s| s < 60) && seconds <= 86_400).then_some(seconds)
+    (n[1] < 60 && n.get(2).is_none_or(|&s| s < 60) && seconds <= 86_400).then_some(seconds)
 }
 
 fn dates(key: &str, list: &[String]) -> Result<HashSet<i64>, ConfigError> {

@@ -331,9 +331,10 @@ mod tests {
     }
 
     /// A new connection's state is boxed apart, and the request is not
-    /// held twice: 1,576 bytes in this (debug) build with the connection
-    /// made inline.
+    /// held twice: 576 bytes in the debug build, 1,840 before issue 15's
+    /// tenth round (1,576 with only the connection made inline again).
     #[test]
+    #[cfg_attr(not(debug_assertions), ignore = "the bound is the debug build's")]
     fn sending_on_a_pooled_connection_is_a_small_future() {
         fn future_size<F, A, B, R>(_: &F) -> usize
         where

@@ -116,7 +116,7 @@ impl Health {
         }
         match h.state {
             State::Closed => true,
-            State::Open => !h.open_until.is_some_and(|t| now < t),
+            State::Open => h.open_until.is_none_or(|t| now >= t),
             State::HalfOpen => !h.probing,
         }
     }
@@ -147,7 +147,7 @@ impl Health {
         let mut lifted = h.benched_until.is_some_and(|t| now < t);
         h.benched_until = None;
         h.remote = false;
-        let cooled = h.open_until.map_or(true, |t| t <= now);
+        let cooled = h.open_until.is_none_or(|t| t <= now);
         if h.state != State::Open || cooled {
             lifted |= h.state != State::Closed;
             h.state = State::Closed;
@@ -199,7 +199,7 @@ impl Health {
             return;
         }
         let until = Instant::now() + Duration::from_millis(for_ms);
-        if h.benched_until.map_or(true, |t| t < until) {
+        if h.benched_until.is_none_or(|t| t < until) {
             h.benched_until = Some(until);
             h.remote = true;
             h.last_error
